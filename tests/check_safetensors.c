@@ -1,0 +1,2 @@
+#include "tests.h"
+Suite *suite_safetensors(void) { return suite_create("safetensors"); }
