@@ -1,2 +1,6 @@
-#include <stdio.h>
-int main(void) { return 0; }
+/*
+ * main.c — the `trellis` binary: everything happens in trellis_main (cli.c) so tests can run commands in-process.
+ */
+#include "cli.h"
+
+int main(int argc, char **argv) { return trellis_main(argc, argv); }

@@ -90,7 +90,7 @@ void tr_error_clear(tr_error *err)
     err->text[0] = '\0';
 }
 
-int tr_warn(tr_warnings *list, int code, const char *where, const char *fmt, ...)
+int tr_warnv(tr_warnings *list, int code, const char *where, const char *fmt, va_list ap)
 {
     if (!list)
         return TR_OK;
@@ -103,10 +103,7 @@ int tr_warn(tr_warnings *list, int code, const char *where, const char *fmt, ...
         list->cap = cap;
     }
     char buf[TR_ERROR_TEXT];
-    va_list ap;
-    va_start(ap, fmt);
     format_message(buf, sizeof buf, code, where, fmt, ap);
-    va_end(ap);
     char *text = tr_strdup(buf);
     if (!text)
         return TR_E_NOMEM;
@@ -114,6 +111,15 @@ int tr_warn(tr_warnings *list, int code, const char *where, const char *fmt, ...
     list->items[list->count].text = text;
     list->count++;
     return TR_OK;
+}
+
+int tr_warn(tr_warnings *list, int code, const char *where, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = tr_warnv(list, code, where, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 void tr_warnings_free(tr_warnings *list)

@@ -12,6 +12,7 @@
 #ifndef TRELLIS_STATUS_H
 #define TRELLIS_STATUS_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 /*   name                      value  exit  meaning */
@@ -118,6 +119,7 @@ typedef struct tr_warnings {
 /* Append a warning.  Returns TR_OK or TR_E_NOMEM.  A NULL list accepts and drops warnings. */
 int tr_warn(tr_warnings *list, int code, const char *where, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+int tr_warnv(tr_warnings *list, int code, const char *where, const char *fmt, va_list ap);
 void tr_warnings_free(tr_warnings *list);
 
 #endif

@@ -1,0 +1,148 @@
+/*
+ * cli.c — command dispatch, --help/--version, and the helpers every subcommand shares.
+ */
+#include "cli.h"
+#include "trellis/alloc.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+#ifndef TR_VERSION
+#define TR_VERSION "0.0.0"
+#endif
+#ifndef TR_GIT_COMMIT
+#define TR_GIT_COMMIT "unknown"
+#endif
+
+FILE *cli_out;
+FILE *cli_err;
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"inspect", cmd_inspect, "checkpoint directory or safetensors file: layout, tensors, bits, warnings"},
+    {"dequant", cmd_dequant, "W16 of one quantized tensor as little-endian fp16 [O, I]"},
+    {"codebook", cmd_codebook, "EXL3 LUT (3inst|mcg|mul1) or grid table (grid:B)"},
+    {"golden", cmd_golden, "verify or regenerate the golden fixtures"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: trellis <command> [options]   (trellis <command> --help for details)\n\nCommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n  --version   print version and git commit\n");
+}
+
+int trellis_main(int argc, char **argv)
+{
+    if (!cli_out)
+        cli_out = stdout;
+    if (!cli_err)
+        cli_err = stderr;
+    if (argc < 2) {
+        usage(cli_err);
+        return CLI_USAGE;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        fprintf(cli_out, "trellis %s (git %s)\n", TR_VERSION, TR_GIT_COMMIT);
+        return CLI_OK;
+    }
+    if (cli_is_help(argv[1])) {
+        usage(cli_out);
+        return CLI_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(cli_err, "trellis: error: unknown command \"%s\"\n", argv[1]);
+    usage(cli_err);
+    return CLI_USAGE;
+}
+
+int cli_fail(const char *cmd, const tr_error *err)
+{
+    fprintf(cli_err, "trellis %s: error: %s\n", cmd, err->text);
+    fflush(cli_err);
+    return tr_status_exit_code(err->code);
+}
+
+int cli_usage(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(cli_err, "trellis %s: error: ", cmd);
+    vfprintf(cli_err, fmt, ap);
+    fprintf(cli_err, " (see 'trellis %s --help')\n", cmd);
+    va_end(ap);
+    fflush(cli_err);
+    return CLI_USAGE;
+}
+
+int cli_is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }
+
+int cli_opt(int argc, char **argv, int *i, const char *name, const char **val)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) != 0)
+        return 0;
+    if (a[n] == '=') {
+        *val = a + n + 1;
+        return 1;
+    }
+    if (a[n] != '\0')
+        return 0;
+    if (*i + 1 >= argc)
+        return -1;
+    *val = argv[++*i];
+    return 1;
+}
+
+int cli_opt_json(int argc, char **argv, int *i, const char **val)
+{
+    const char *a = argv[*i];
+    if (strncmp(a, "--json=", 7) == 0) {
+        *val = a + 7;
+        return 1;
+    }
+    if (strcmp(a, "--json") != 0)
+        return 0;
+    if (*i + 1 >= argc || (argv[*i + 1][0] == '-' && argv[*i + 1][1] == '-')) {
+        *val = "-";
+        return 1;
+    }
+    *val = argv[++*i];
+    return 1;
+}
+
+int cli_write_json(const char *cmd, const char *path, json_t *doc)
+{
+    char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (!text) {
+        fprintf(cli_err, "trellis %s: error: out of memory building JSON output\n", cmd);
+        return CLI_RESOURCE;
+    }
+    int rc = CLI_OK;
+    if (strcmp(path, "-") == 0) {
+        fprintf(cli_out, "%s\n", text);
+        fflush(cli_out);
+    } else {
+        FILE *f = fopen(path, "w");
+        int ok = f != NULL;
+        if (ok) {
+            ok = fprintf(f, "%s\n", text) >= 0;
+            ok = fclose(f) == 0 && ok;
+        }
+        if (!ok) {
+            fprintf(cli_err, "trellis %s: error: %s: cannot write JSON output\n", cmd, path);
+            rc = CLI_USAGE;
+        }
+    }
+    tr_dealloc(text);
+    return rc;
+}
