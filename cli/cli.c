@@ -3,6 +3,7 @@
  */
 #include "cli.h"
 #include "trellis/alloc.h"
+#include "trellis/jsonio.h"
 
 #include <stdarg.h>
 #include <string.h>
@@ -120,9 +121,9 @@ int cli_opt_json(int argc, char **argv, int *i, const char **val)
     return 1;
 }
 
-int cli_write_json(const char *cmd, const char *path, json_t *doc)
+int cli_write_json(const char *cmd, const char *path, json_t *doc, unsigned long mark)
 {
-    char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    char *text = tr_json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER, mark);
     if (!text) {
         fprintf(cli_err, "trellis %s: error: out of memory building JSON output\n", cmd);
         return CLI_RESOURCE;

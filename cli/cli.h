@@ -41,8 +41,9 @@ int cli_opt(int argc, char **argv, int *i, const char *name, const char **val);
 int cli_opt_json(int argc, char **argv, int *i, const char **val);
 int cli_is_help(const char *a);
 
-/* Write a JSON document (2-space indent, final newline) to path or stdout ("-").  Returns an exit code. */
-int cli_write_json(const char *cmd, const char *path, json_t *doc);
+/* Write a JSON document built since mark (tr_json_mark, jsonio.h) with 2-space indent and a final newline to path
+ * or stdout ("-").  Returns an exit code (4 when an allocation failed while building it). */
+int cli_write_json(const char *cmd, const char *path, json_t *doc, unsigned long mark);
 
 /* Streams for in-process testing (default stdout/stderr). */
 extern FILE *cli_out;

@@ -16,6 +16,7 @@
 #include "trellis/alloc.h"
 #include "trellis/fileio.h"
 #include "trellis/hash.h"
+#include "trellis/jsonio.h"
 
 #include <fnmatch.h>
 #include <stdlib.h>
@@ -227,7 +228,8 @@ static int load_index(const char *gdir, json_t **root, json_t **fixtures, char *
         return CLI_USAGE;
     }
     json_error_t jerr;
-    *root = json_loadb(text, size, JSON_REJECT_DUPLICATES, &jerr);
+    int status;
+    *root = tr_json_parse(text, size, TR_E_INPUT, 0, &jerr, &status);
     tr_dealloc(text);
     if (!*root) {
         fprintf(cli_err, "trellis golden: error: %s: line %d: %s\n", *ipath, jerr.line, jerr.text);
@@ -247,6 +249,7 @@ static int id_selected(const char *id, const char *glob) { return !glob || fnmat
 
 static int verify(const char *gdir, const char *glob, const char *json_path)
 {
+    unsigned long mark = tr_json_mark();
     json_t *root = NULL, *fixtures = NULL;
     char *ipath = NULL;
     int rc = load_index(gdir, &root, &fixtures, &ipath);
@@ -295,7 +298,7 @@ static int verify(const char *gdir, const char *glob, const char *json_path)
     json_object_set_new(sum, "ERROR", json_integer(counts[3]));
     json_object_set_new(doc, "summary", sum);
     if (json_path) {
-        int w = cli_write_json(CMD, json_path, doc);
+        int w = cli_write_json(CMD, json_path, doc, mark);
         if (w != CLI_OK && worst < 2)
             worst = 2;
     }
@@ -344,6 +347,7 @@ static int write_product(const char *gdir, const product *p, int force, int *cha
 
 static int gen(const char *gdir, const char *glob, int force)
 {
+    unsigned long mark = tr_json_mark();
     json_t *root = NULL, *fixtures = NULL;
     char *ipath = NULL;
     int rc = load_index(gdir, &root, &fixtures, &ipath);
@@ -396,7 +400,7 @@ static int gen(const char *gdir, const char *glob, int force)
             fprintf(cli_out, "  unchanged\n");
     }
     if (rc == CLI_OK && index_changed) {
-        rc = cli_write_json(CMD, ipath, root);
+        rc = cli_write_json(CMD, ipath, root, mark);
         fprintf(cli_out, "updated %s\n", ipath);
     }
     json_decref(root);

@@ -9,6 +9,7 @@
 #include "trellis/alloc.h"
 #include "trellis/checkpoint.h"
 #include "trellis/fileio.h"
+#include "trellis/jsonio.h"
 #include "trellis/safetensors.h"
 
 #include <stdlib.h>
@@ -46,6 +47,7 @@ static void print_shape(FILE *f, unsigned ndim, const uint64_t *shape)
 
 static int inspect_file(const char *path, const char *json_path)
 {
+    unsigned long mark = tr_json_mark();
     tr_error err;
     tr_st_file *st = NULL;
     int rc = tr_st_open(path, &st, &err);
@@ -89,7 +91,7 @@ static int inspect_file(const char *path, const char *json_path)
 
     int out = CLI_OK;
     if (json_path)
-        out = cli_write_json(CMD, json_path, doc);
+        out = cli_write_json(CMD, json_path, doc, mark);
     else {
         fprintf(cli_out, "%s: valid safetensors file, header %llu bytes, data %llu bytes, %zu tensors\n", path,
                 (unsigned long long)tr_st_header_size(st), (unsigned long long)tr_st_data_size(st),
@@ -211,6 +213,7 @@ done:
 
 static int inspect_exl3(const char *dir, const char *json_path)
 {
+    unsigned long mark = tr_json_mark();
     /* EXL3 loading is a later milestone (FORMAT.md §2.5); list what the container holds. */
     char *p = tr_path_join(dir, "model.safetensors");
     tr_error err;
@@ -246,7 +249,7 @@ static int inspect_exl3(const char *dir, const char *json_path)
         }
     }
     json_object_set_new(doc, "tensors", list);
-    int out = json_path ? cli_write_json(CMD, json_path, doc) : CLI_OK;
+    int out = json_path ? cli_write_json(CMD, json_path, doc, mark) : CLI_OK;
     json_decref(doc);
     tr_st_close(st);
     return out;
@@ -254,6 +257,7 @@ static int inspect_exl3(const char *dir, const char *json_path)
 
 static int inspect_dir(const char *dir, const char *json_path)
 {
+    unsigned long mark = tr_json_mark();
     tr_error err;
     tr_layout layout;
     int rc = tr_detect_layout(dir, &layout, &err);
@@ -340,7 +344,7 @@ static int inspect_dir(const char *dir, const char *json_path)
 
     int out = CLI_OK;
     if (json_path)
-        out = cli_write_json(CMD, json_path, doc);
+        out = cli_write_json(CMD, json_path, doc, mark);
     else {
         if (nq) {
             fprintf(cli_out, "bit-width histogram:");

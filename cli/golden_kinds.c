@@ -13,6 +13,7 @@
 #include "trellis/fp16.h"
 #include "trellis/hadamard.h"
 #include "trellis/hash.h"
+#include "trellis/jsonio.h"
 #include "trellis/pack.h"
 #include "trellis/rng.h"
 
@@ -480,21 +481,8 @@ static int write_ref_checkpoint(const golden_ctx *g, const char *tmp, char *why,
     tr_v3_writer_free(w);
     json_t *config = json_object_get(g->params, "config");
     if (rc == TR_OK && config) {
-        char *text = json_dumps(config, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         char *path = tr_path_join(tmp, "config.json");
-        size_t len = text ? strlen(text) : 0;
-        if (text && path) {
-            text[len] = '\0';
-            tr_file_out o;
-            rc = tr_file_out_open(&o, path, &err);
-            if (rc == TR_OK) {
-                tr_file_out_put(&o, text, len);
-                tr_file_out_put(&o, "\n", 1);
-                rc = tr_file_out_close(&o, &err);
-            }
-        } else
-            rc = tr_fail(&err, TR_E_NOMEM, tmp, "out of memory");
-        tr_dealloc(text);
+        rc = path ? tr_json_write_file(path, config, tr_json_mark(), &err) : tr_fail(&err, TR_E_NOMEM, tmp, "out of memory");
         tr_dealloc(path);
     }
     if (rc != TR_OK)

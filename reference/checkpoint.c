@@ -9,6 +9,7 @@
 #include "trellis/checkpoint.h"
 #include "trellis/alloc.h"
 #include "trellis/fileio.h"
+#include "trellis/jsonio.h"
 #include "trellis/pack.h"
 
 #include "ckpt_internal.h"
@@ -95,94 +96,80 @@ long ckpt_layer_of(const char *name)
     return v;
 }
 
-/* ---- JSON helpers ------------------------------------------------------------------------------------------------ */
+/* ---- layout detection (FORMAT.md §2.1) ---------------------------------------------------------------------------- */
 
-int ckpt_load_json(const char *path, int code, json_t **out, tr_error *err)
+/* The detection probes below answer yes/no; a file they cannot parse counts as "no" (opening reports it properly
+ * later), but an allocation failure is returned as TR_E_NOMEM. */
+static int nomem(tr_error *err, const char *where) { return tr_fail(err, TR_E_NOMEM, where, "out of memory"); }
+
+static int file_in(const char *dir, const char *name, int *yes, tr_error *err)
 {
-    *out = NULL;
-    char *text = NULL;
-    size_t size = 0;
-    int rc = tr_file_read_all(path, &text, &size, err);
-    if (rc != TR_OK)
-        return rc;
-    json_error_t jerr;
-    json_t *root = json_loadb(text, size, JSON_REJECT_DUPLICATES, &jerr);
-    tr_dealloc(text);
-    if (!root) {
-        if (json_error_code(&jerr) == json_error_out_of_memory)
-            return tr_fail(err, TR_E_NOMEM, path, "out of memory parsing JSON");
-        return tr_fail(err, code, path, "line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
-    }
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return tr_fail(err, code, path, "top level is not a JSON object");
-    }
-    *out = root;
+    char *p = tr_path_join(dir, name);
+    if (!p)
+        return nomem(err, dir);
+    *yes = tr_path_is_file(p);
+    tr_dealloc(p);
     return TR_OK;
 }
 
-/* ---- layout detection (FORMAT.md §2.1) ---------------------------------------------------------------------------- */
-
-static int dir_has_v2_layers(const char *dir)
+static int dir_has_v2_layers(const char *dir, int *yes, tr_error *err)
 {
+    *yes = 0;
     DIR *d = opendir(dir);
     if (!d)
-        return 0;
-    int found = 0;
+        return TR_OK;
+    int rc = TR_OK;
     struct dirent *e;
-    while (!found && (e = readdir(d)) != NULL) {
+    while (!*yes && rc == TR_OK && (e = readdir(d)) != NULL) {
         const char *n = e->d_name;
+        size_t k = 6;
         if (strncmp(n, "layer_", 6) != 0 || !n[6])
             continue;
-        size_t k = 6;
         while (n[k] >= '0' && n[k] <= '9')
             k++;
         if (n[k] != '\0')
             continue;
         char *sub = tr_path_join(dir, n);
-        char *idx = sub ? tr_path_join(sub, "index.json") : NULL;
-        found = idx && tr_path_is_file(idx);
-        tr_dealloc(idx);
+        rc = sub ? file_in(sub, "index.json", yes, err) : nomem(err, dir);
         tr_dealloc(sub);
     }
     closedir(d);
-    return found;
+    return rc;
 }
 
-/* Does any key of the index weight_map (or of model.safetensors) end with suffix?  Unreadable files count as no. */
-static int keys_end_with(const char *dir, const char *suffix)
+/* Does any key of the index weight_map (or of model.safetensors) end with suffix? */
+static int keys_end_with(const char *dir, const char *suffix, int *yes, tr_error *err)
 {
-    int found = 0;
+    *yes = 0;
+    tr_error ignored;
     char *ipath = tr_path_join(dir, "model.safetensors.index.json");
+    if (!ipath)
+        return nomem(err, dir);
     json_t *root = NULL;
-    if (ipath && tr_path_is_file(ipath) && ckpt_load_json(ipath, TR_E_INDEX_JSON, &root, NULL) == TR_OK) {
-        json_t *wm = json_object_get(root, "weight_map");
-        const char *k;
-        json_t *v;
-        if (json_is_object(wm))
-            json_object_foreach(wm, k, v) found |= ends_with(k, suffix);
-        json_decref(root);
-    }
+    int rc = tr_path_is_file(ipath) ? tr_json_load_object(ipath, TR_E_INDEX_JSON, &root, &ignored) : TR_OK;
     tr_dealloc(ipath);
-    if (found)
-        return 1;
+    if (rc == TR_E_NOMEM)
+        return nomem(err, dir);
+    json_t *wm = json_object_get(root, "weight_map");
+    const char *k;
+    json_t *v;
+    if (json_is_object(wm))
+        json_object_foreach(wm, k, v) *yes |= ends_with(k, suffix);
+    json_decref(root);
+    if (*yes)
+        return TR_OK;
     char *spath = tr_path_join(dir, "model.safetensors");
+    if (!spath)
+        return nomem(err, dir);
     tr_st_file *st = NULL;
-    if (spath && tr_path_is_file(spath) && tr_st_open(spath, &st, NULL) == TR_OK) {
-        for (size_t i = 0; i < tr_st_count(st); i++)
-            found |= ends_with(tr_st_at(st, i)->name, suffix);
-        tr_st_close(st);
-    }
+    rc = tr_path_is_file(spath) ? tr_st_open(spath, &st, &ignored) : TR_OK;
     tr_dealloc(spath);
-    return found;
-}
-
-static int file_in(const char *dir, const char *name)
-{
-    char *p = tr_path_join(dir, name);
-    int r = p && tr_path_is_file(p);
-    tr_dealloc(p);
-    return r;
+    if (rc == TR_E_NOMEM)
+        return nomem(err, dir);
+    for (size_t i = 0; st && i < tr_st_count(st); i++)
+        *yes |= ends_with(tr_st_at(st, i)->name, suffix);
+    tr_st_close(st);
+    return TR_OK;
 }
 
 int tr_detect_layout(const char *dir, tr_layout *out, tr_error *err)
@@ -191,14 +178,14 @@ int tr_detect_layout(const char *dir, tr_layout *out, tr_error *err)
         return tr_fail(err, TR_E_LAYOUT, dir, "not a directory");
     char *cpath = tr_path_join(dir, "config.json");
     if (!cpath)
-        return tr_fail(err, TR_E_NOMEM, dir, "out of memory");
+        return nomem(err, dir);
     if (!tr_path_is_file(cpath)) {
         int rc = tr_fail(err, TR_E_LAYOUT, cpath, "not found (every checkpoint directory needs config.json)");
         tr_dealloc(cpath);
         return rc;
     }
     json_t *config = NULL;
-    int rc = ckpt_load_json(cpath, TR_E_CONFIG, &config, err);
+    int rc = tr_json_load_object(cpath, TR_E_CONFIG, &config, err);
     tr_dealloc(cpath);
     if (rc != TR_OK)
         return rc;
@@ -207,15 +194,21 @@ int tr_detect_layout(const char *dir, tr_layout *out, tr_error *err)
     int exl3 = json_is_string(qm) && strcmp(json_string_value(qm), "exl3") == 0;
     json_decref(config);
 
-    int has_index = file_in(dir, "model.safetensors.index.json");
-    int has_single = file_in(dir, "model.safetensors");
-    if (exl3 || keys_end_with(dir, ".trellis"))
+    int has_index = 0, has_single = 0, has_qindex = 0, trellis_keys = 0, indices_keys = 0, v2 = 0;
+    if ((rc = file_in(dir, "model.safetensors.index.json", &has_index, err)) != TR_OK ||
+        (rc = file_in(dir, "model.safetensors", &has_single, err)) != TR_OK ||
+        (rc = file_in(dir, "quantization_index.json", &has_qindex, err)) != TR_OK ||
+        (!exl3 && (rc = keys_end_with(dir, ".trellis", &trellis_keys, err)) != TR_OK) ||
+        (rc = keys_end_with(dir, "__indices", &indices_keys, err)) != TR_OK ||
+        (rc = dir_has_v2_layers(dir, &v2, err)) != TR_OK)
+        return rc;
+    if (exl3 || trellis_keys)
         *out = TR_LAYOUT_EXL3;
-    else if (has_index && (file_in(dir, "quantization_index.json") || keys_end_with(dir, "__indices")))
+    else if (has_index && (has_qindex || indices_keys))
         *out = TR_LAYOUT_TRELLIS_V3;
-    else if (!has_index && has_single && keys_end_with(dir, "__indices"))
+    else if (!has_index && has_single && indices_keys)
         *out = TR_LAYOUT_TRELLIS_V3;
-    else if (dir_has_v2_layers(dir))
+    else if (v2)
         *out = TR_LAYOUT_TRELLIS_V2;
     else if (has_index || has_single)
         *out = TR_LAYOUT_HF_FLOAT;
@@ -486,7 +479,7 @@ static int load_indexed(tr_ckpt *c, tr_error *err)
     json_t *root = NULL;
     const char **shards = NULL;
     size_t *shard_file = NULL;
-    int rc = ckpt_load_json(ipath, TR_E_INDEX_JSON, &root, err);
+    int rc = tr_json_load_object(ipath, TR_E_INDEX_JSON, &root, err);
     if (rc != TR_OK)
         goto done;
     json_t *wm = json_object_get(root, "weight_map");
@@ -610,7 +603,7 @@ static int read_config(tr_ckpt *c, tr_error *err)
     if (!p)
         return tr_fail(err, TR_E_NOMEM, c->dir, "out of memory");
     json_t *cfg = NULL;
-    int rc = ckpt_load_json(p, TR_E_CONFIG, &cfg, err);
+    int rc = tr_json_load_object(p, TR_E_CONFIG, &cfg, err);
     if (rc == TR_OK) {
         json_t *n = json_object_get(cfg, "num_hidden_layers");
         if (n && (!json_is_integer(n) || json_integer_value(n) < 0 || json_integer_value(n) > 1000000))
@@ -683,10 +676,10 @@ int tr_ckpt_open(const char *dir, const tr_ckpt_options *opt, tr_ckpt **out, tr_
         switch (layout) {
         case TR_LAYOUT_HF_FLOAT:
         case TR_LAYOUT_TRELLIS_V3: {
-            char *ip = tr_path_join(dir, "model.safetensors.index.json");
-            int indexed = ip && tr_path_is_file(ip);
-            tr_dealloc(ip);
-            rc = indexed ? load_indexed(c, err) : load_single(c, err);
+            int indexed = 0;
+            rc = file_in(dir, "model.safetensors.index.json", &indexed, err);
+            if (rc == TR_OK)
+                rc = indexed ? load_indexed(c, err) : load_single(c, err);
             if (rc == TR_OK && layout == TR_LAYOUT_TRELLIS_V3)
                 rc = ckpt_read_qindex_root(c, err);
             break;

@@ -64,7 +64,6 @@ struct tr_ckpt {
 
 long ckpt_layer_of(const char *name);
 int ckpt_ignored(const tr_ckpt *c, const char *name);
-int ckpt_load_json(const char *path, int code, json_t **out, tr_error *err);
 int ckpt_warn(tr_ckpt *c, tr_error *err, int code, const char *where, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 int ckpt_open_file(tr_ckpt *c, const char *path, size_t *idx, tr_error *err);

@@ -5,6 +5,7 @@
 #include "ckpt_internal.h"
 #include "trellis/alloc.h"
 #include "trellis/fileio.h"
+#include "trellis/jsonio.h"
 #include "trellis/pack.h"
 
 #include <dirent.h>
@@ -129,7 +130,7 @@ int ckpt_read_qindex_root(tr_ckpt *c, tr_error *err)
     int rc = TR_OK;
     if (!tr_path_is_file(path))
         goto done;                      /* behaves as {} */
-    if ((rc = ckpt_load_json(path, TR_E_INDEX_JSON, &root, err)) != TR_OK)
+    if ((rc = tr_json_load_object(path, TR_E_INDEX_JSON, &root, err)) != TR_OK)
         goto done;
     json_t *fmt = json_object_get(root, "format"), *gs = json_object_get(root, "group_size");
     json_t *cb = json_object_get(root, "codebook"), *rot = json_object_get(root, "rotation");
@@ -337,7 +338,7 @@ static int load_v2_layer(tr_ckpt *c, const char *ldir, tr_error *err)
     if (!ipath)
         return tr_fail(err, TR_E_NOMEM, ldir, "out of memory");
     json_t *root = NULL;
-    int rc = ckpt_load_json(ipath, TR_E_INDEX_JSON, &root, err);
+    int rc = tr_json_load_object(ipath, TR_E_INDEX_JSON, &root, err);
     if (rc != TR_OK)
         goto done;
     json_t *fmt = json_object_get(root, "format"), *lidx = json_object_get(root, "layer_idx");

@@ -9,6 +9,7 @@
 #include "trellis/alloc.h"
 #include "trellis/fileio.h"
 #include "trellis/fp16.h"
+#include "trellis/jsonio.h"
 #include "trellis/utf8.h"
 
 #include <jansson.h>
@@ -198,11 +199,11 @@ static int parse_header(tr_st_file *f, const uint8_t *hdr, size_t n, tr_error *e
     if (bad != n)
         return tr_fail(err, TR_E_ST_HEADER_JSON, f->path, "byte %zu: header is not valid UTF-8", bad);
     json_error_t jerr;
-    json_t *root = json_loadb((const char *)hdr, n, JSON_REJECT_DUPLICATES, &jerr);
+    int code;
+    json_t *root = tr_json_parse((const char *)hdr, n, TR_E_ST_HEADER_JSON, TR_E_ST_DUPLICATE, &jerr, &code);
     if (!root) {
-        int code = json_error_code(&jerr) == json_error_duplicate_key ? TR_E_ST_DUPLICATE : TR_E_ST_HEADER_JSON;
-        if (json_error_code(&jerr) == json_error_out_of_memory)
-            code = TR_E_NOMEM;
+        if (code == TR_E_NOMEM)
+            return tr_fail(err, code, f->path, "out of memory parsing the header");
         return tr_fail(err, code, f->path, "byte %d (line %d, column %d): %s", jerr.position, jerr.line,
                        jerr.column, jerr.text);
     }
@@ -488,6 +489,7 @@ static int cmp_writer(const void *a, const void *b)
 
 static char *writer_header(tr_st_writer *w, size_t *len)
 {
+    unsigned long mark = tr_json_mark();
     json_t *root = json_object();
     json_t *meta = json_object();
     int bad = !root || !meta || json_object_set_new(meta, "format", json_string("pt")) ||
@@ -515,7 +517,7 @@ static char *writer_header(tr_st_writer *w, size_t *len)
         json_decref(offs);
         off += e->nbytes;
     }
-    char *text = bad ? NULL : json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = bad ? NULL : tr_json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER, mark);
     json_decref(meta);
     json_decref(root);
     if (!text)

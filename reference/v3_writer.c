@@ -9,6 +9,7 @@
 #include "trellis/alloc.h"
 #include "trellis/checkpoint.h"
 #include "trellis/fileio.h"
+#include "trellis/jsonio.h"
 #include "trellis/pack.h"
 
 #include "ckpt_internal.h"
@@ -286,26 +287,12 @@ static int cmp_mapped(const void *a, const void *b)
 }
 
 /* 2-space indented JSON with a final newline (FORMAT.md §2.3). */
-static int write_json(const char *dir, const char *name, json_t *root, tr_error *err)
+static int write_json(const char *dir, const char *name, json_t *root, unsigned long mark, tr_error *err)
 {
     char *path = tr_path_join(dir, name);
-    char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
-    int rc;
-    if (!path || !text)
-        rc = tr_fail(err, TR_E_NOMEM, dir, "out of memory writing %s", name);
-    else {
-        size_t n = strlen(text);
-        char *full = tr_malloc(n + 2);
-        if (!full)
-            rc = tr_fail(err, TR_E_NOMEM, path, "out of memory");
-        else {
-            memcpy(full, text, n);
-            full[n] = '\n';
-            rc = tr_file_write_all(path, full, n + 1, err);
-            tr_dealloc(full);
-        }
-    }
-    tr_dealloc(text);
+    int rc = !path   ? tr_fail(err, TR_E_NOMEM, dir, "out of memory writing %s", name)
+             : !root ? tr_fail(err, TR_E_NOMEM, path, "out of memory building JSON")
+                     : tr_json_write_file(path, root, mark, err);
     tr_dealloc(path);
     return rc;
 }
@@ -387,13 +374,15 @@ int tr_v3_writer_finish(tr_v3_writer *w, tr_error *err)
     int rc = bpath ? tr_st_writer_write(w->base, bpath, err) : tr_fail(err, TR_E_NOMEM, w->dir, "out of memory");
     tr_dealloc(bpath);
     if (rc == TR_OK) {
+        unsigned long mark = tr_json_mark();
         json_t *j = index_json(w);
-        rc = write_json(w->dir, "model.safetensors.index.json", j, err);
+        rc = write_json(w->dir, "model.safetensors.index.json", j, mark, err);
         json_decref(j);
     }
     if (rc == TR_OK) {
+        unsigned long mark = tr_json_mark();
         json_t *j = qindex_json(w);
-        rc = write_json(w->dir, "quantization_index.json", j, err);
+        rc = write_json(w->dir, "quantization_index.json", j, mark, err);
         json_decref(j);
     }
     return rc;

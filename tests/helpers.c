@@ -64,3 +64,52 @@ uint8_t *tr_test_st_image(const char *header, const void *data, size_t data_size
     *out_size = 8 + n + data_size;
     return buf;
 }
+
+/* ---- in-process CLI runs ---------------------------------------------------------------------------------------- */
+
+#include "../cli/cli.h"
+#include "cli_run.h"
+
+#include <stdarg.h>
+
+static char *read_stream(FILE *f)
+{
+    fflush(f);
+    long n = ftell(f);
+    rewind(f);
+    char *s = malloc((size_t)n + 1);
+    size_t got = fread(s, 1, (size_t)n, f);
+    s[got] = '\0';
+    fclose(f);
+    return s;
+}
+
+cli_result cli_run(const char *first, ...)
+{
+    char *argv[64];
+    int argc = 0;
+    argv[argc++] = (char *)"trellis";
+    va_list ap;
+    va_start(ap, first);
+    for (const char *a = first; a && argc < 63; a = va_arg(ap, const char *))
+        argv[argc++] = (char *)a;
+    va_end(ap);
+    argv[argc] = NULL;
+    FILE *o = tmpfile(), *e = tmpfile();
+    FILE *save_o = cli_out, *save_e = cli_err;
+    cli_out = o;
+    cli_err = e;
+    cli_result r;
+    r.status = trellis_main(argc, argv);
+    cli_out = save_o;
+    cli_err = save_e;
+    r.out = read_stream(o);
+    r.err = read_stream(e);
+    return r;
+}
+
+void cli_result_free(cli_result *r)
+{
+    free(r->out);
+    free(r->err);
+}

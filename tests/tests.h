@@ -11,7 +11,13 @@
 #define TR_SUITES(X) \
     X(status)        \
     X(fp16)          \
-    X(safetensors)
+    X(safetensors)   \
+    X(pack)          \
+    X(codebook)      \
+    X(dequant)       \
+    X(checkpoint)    \
+    X(corpus)        \
+    X(cli)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)

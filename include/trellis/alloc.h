@@ -27,6 +27,9 @@ void tr_alloc_fail_at(unsigned long n);
 unsigned long tr_alloc_points(void);
 /* 1 if the injected failure has fired since the last tr_alloc_fail_at call. */
 int tr_alloc_fired(void);
+/* Allocation failures so far (injected or real), monotonic: a parser that sees it grow across a call knows a
+ * failure was an allocation failure even when the library it called reports it as something else (jansson does). */
+unsigned long tr_alloc_failures(void);
 /* Called by every allocation point (also mmap in fileio.c): returns 1 if this point must fail. */
 int tr_alloc_should_fail(void);
 
