@@ -118,7 +118,7 @@ asan: deps
 	    build-asan/run_tests
 
 VALGRIND := valgrind --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect,possible \
-            --errors-for-leak-kinds=definite,indirect,possible --track-origins=yes --quiet
+            --errors-for-leak-kinds=definite,indirect,possible --track-origins=yes
 valgrind: deps all
 	$(VALGRIND) $(TRELLIS) golden verify golden
 	CK_FORK=no TR_UNDER_VALGRIND=1 $(VALGRIND) $(TESTBIN)

@@ -414,7 +414,8 @@ static int cmp_entry(const void *a, const void *b)
 /* Sort a catalog by name; two entries of one name -> TR_E_TENSOR_DUPLICATE naming both files. */
 int ckpt_catalog_seal(tr_ckpt *c, ckpt_catalog *cat, tr_error *err)
 {
-    qsort(cat->v, cat->n, sizeof *cat->v, cmp_entry);
+    if (cat->n > 1)
+        qsort(cat->v, cat->n, sizeof *cat->v, cmp_entry);
     for (size_t i = 1; i < cat->n; i++)
         if (strcmp(cat->v[i].t->name, cat->v[i - 1].t->name) == 0)
             return tr_fail(err, TR_E_TENSOR_DUPLICATE, c->files[cat->v[i].file].path, "tensor \"%s\" is also in %s",

@@ -148,12 +148,12 @@ static int check_entry(const char *path, const char *name, const json_t *entry, 
     return TR_OK;
 }
 
-static tr_st_file *layout_sort_ctx;
-
-static int cmp_layout(const void *a, const void *b)
+/* Comparators over tensor numbers; ctx is the file (qsort_r keeps this reentrant). */
+static int cmp_layout(const void *a, const void *b, void *ctx)
 {
-    const tr_st_tensor *x = &layout_sort_ctx->tensors[*(const size_t *)a];
-    const tr_st_tensor *y = &layout_sort_ctx->tensors[*(const size_t *)b];
+    const tr_st_file *f = ctx;
+    const tr_st_tensor *x = &f->tensors[*(const size_t *)a];
+    const tr_st_tensor *y = &f->tensors[*(const size_t *)b];
     if (x->begin != y->begin)
         return x->begin < y->begin ? -1 : 1;
     if (x->end != y->end)
@@ -161,10 +161,11 @@ static int cmp_layout(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-static int cmp_name(const void *a, const void *b)
+static int cmp_name(const void *a, const void *b, void *ctx)
 {
-    const tr_st_tensor *x = &layout_sort_ctx->tensors[*(const size_t *)a];
-    const tr_st_tensor *y = &layout_sort_ctx->tensors[*(const size_t *)b];
+    const tr_st_file *f = ctx;
+    const tr_st_tensor *x = &f->tensors[*(const size_t *)a];
+    const tr_st_tensor *y = &f->tensors[*(const size_t *)b];
     return strcmp(x->name, y->name);
 }
 
@@ -173,8 +174,7 @@ static int check_layout(tr_st_file *f, size_t *order, tr_error *err)
 {
     for (size_t i = 0; i < f->count; i++)
         order[i] = i;
-    layout_sort_ctx = f;
-    qsort(order, f->count, sizeof *order, cmp_layout);
+    qsort_r(order, f->count, sizeof *order, cmp_layout, f);
     uint64_t pos = 0;
     for (size_t i = 0; i < f->count; i++) {
         const tr_st_tensor *t = &f->tensors[order[i]];
@@ -269,8 +269,7 @@ static int parse_header(tr_st_file *f, const uint8_t *hdr, size_t n, tr_error *e
         goto done;
     for (size_t i = 0; i < f->count; i++)
         f->by_name[i] = i;
-    layout_sort_ctx = f;
-    qsort(f->by_name, f->count, sizeof *f->by_name, cmp_name);
+    qsort_r(f->by_name, f->count, sizeof *f->by_name, cmp_name, f);
 done:
     json_decref(root);
     return rc;
@@ -536,7 +535,8 @@ static char *writer_header(tr_st_writer *w, size_t *len)
 
 int tr_st_writer_write(tr_st_writer *w, const char *path, tr_error *err)
 {
-    qsort(w->items, w->count, sizeof *w->items, cmp_writer);
+    if (w->count > 1)
+        qsort(w->items, w->count, sizeof *w->items, cmp_writer);
     size_t hlen = 0;
     char *hdr = writer_header(w, &hlen);
     if (!hdr)

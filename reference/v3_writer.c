@@ -130,7 +130,8 @@ int tr_v3_writer_declare(tr_v3_writer *w, const char *name, uint32_t O, uint32_t
 static int begin(tr_v3_writer *w, tr_error *err)
 {
     w->begun = 1;
-    qsort(w->lin, w->n, sizeof *w->lin, cmp_wlinear);
+    if (w->n > 1)
+        qsort(w->lin, w->n, sizeof *w->lin, cmp_wlinear);
     uint64_t fill = 0;
     unsigned shard = 0;
     for (size_t i = 0; i < w->n; i++) {
@@ -299,7 +300,8 @@ static int write_json(const char *dir, const char *name, json_t *root, unsigned 
 
 static json_t *index_json(tr_v3_writer *w)
 {
-    qsort(w->map, w->nmap, sizeof *w->map, cmp_mapped);
+    if (w->nmap > 1)
+        qsort(w->map, w->nmap, sizeof *w->map, cmp_mapped);
     uint64_t total = 0;
     for (size_t i = 0; i < w->nmap; i++)
         total += w->map[i].bytes;

@@ -23,7 +23,7 @@ static char *mkdir_in_tmp(const char *name)
     static int slot;
     char *p = path[slot++ % 8];
     snprintf(p, 4200, "%s/%s", tr_test_tmpdir(), name);
-    char cmd[4300];
+    char cmd[8600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", p, p);
     ck_assert_int_eq(system(cmd), 0);
     return p;

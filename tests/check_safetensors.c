@@ -8,6 +8,7 @@
 #include "trellis/alloc.h"
 #include "trellis/fp16.h"
 #include "trellis/safetensors.h"
+#include "trellis/utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,6 +225,34 @@ START_TEST(test_alloc_failures)
 }
 END_TEST
 
+START_TEST(test_utf8)
+{
+    static const struct {
+        const char *s;
+        size_t len, bad;
+    } cases[] = {
+        {"plain ascii", 11, 11},
+        {"\xC3\xA9t\xC3\xA9", 6, 6},                 /* é t é */
+        {"\xE2\x82\xAC \xF0\x9F\x98\x80", 8, 8},   /* € 😀 */
+        {"a\xC0\x80", 3, 1},                         /* overlong NUL */
+        {"a\xE0\x80\x80", 4, 1},                     /* overlong 3-byte */
+        {"\xED\xA0\x80", 3, 0},                      /* surrogate U+D800 */
+        {"\xF4\x90\x80\x80", 4, 0},                  /* above U+10FFFF */
+        {"\xF0\x8F\xBF\xBF", 4, 0},                  /* overlong 4-byte */
+        {"ok\xE2\x82", 4, 2},                        /* truncated */
+        {"\x80", 1, 0},                               /* lone continuation */
+        {"\xF5\x80\x80\x80", 4, 0},                  /* invalid lead */
+        {"\xC3\x28", 2, 0},                           /* bad continuation */
+        {"\xE2\x28\xA1", 3, 0},
+        {"\xF0\x9F\x98\x28", 4, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        ck_assert_msg(tr_utf8_invalid_at((const uint8_t *)cases[i].s, cases[i].len) == cases[i].bad, "case %zu", i);
+    ck_assert_int_eq(tr_utf8_seq_len((const uint8_t *)"", 0), 0);
+    ck_assert_int_eq(tr_utf8_seq_len((const uint8_t *)"\xF0\x9F\x98\x80", 4), 4);
+}
+END_TEST
+
 Suite *suite_safetensors(void)
 {
     Suite *s = suite_create("safetensors");
@@ -235,6 +264,7 @@ Suite *suite_safetensors(void)
     tcase_add_test(tc, test_writer_layout);
     tcase_add_test(tc, test_open_buffer_and_missing_file);
     tcase_add_test(tc, test_alloc_failures);
+    tcase_add_test(tc, test_utf8);
     suite_add_tcase(s, tc);
     return s;
 }
