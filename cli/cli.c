@@ -29,6 +29,8 @@ static const command commands[] = {
     {"dequant", cmd_dequant, "W16 of one quantized tensor as little-endian fp16 [O, I]"},
     {"codebook", cmd_codebook, "EXL3 LUT (3inst|mcg|mul1) or grid table (grid:B)"},
     {"golden", cmd_golden, "verify or regenerate the golden fixtures"},
+    {"symbols", cmd_symbols, "kernel entry points of .metal sources against the selection policy"},
+    {"bench-kernels", cmd_bench_kernels, "benchmark the cpu backend's kernels (decode GEMV) against the reference"},
 };
 
 static void usage(FILE *f)

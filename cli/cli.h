@@ -28,6 +28,8 @@ int cmd_inspect(int argc, char **argv);
 int cmd_dequant(int argc, char **argv);
 int cmd_codebook(int argc, char **argv);
 int cmd_golden(int argc, char **argv);
+int cmd_symbols(int argc, char **argv);
+int cmd_bench_kernels(int argc, char **argv);
 
 /* "trellis CMD: error: <text>" on stderr; returns the exit code of err->code. */
 int cli_fail(const char *cmd, const tr_error *err);

@@ -17,7 +17,12 @@
     X(dequant)       \
     X(checkpoint)    \
     X(corpus)        \
-    X(cli)
+    X(cli)           \
+    X(cpu_gemv)      \
+    X(moe_select)    \
+    X(moe_dispatch)  \
+    X(nan_guard)     \
+    X(symbols)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)
