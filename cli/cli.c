@@ -25,6 +25,8 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"conform", cmd_conform, "run the conformance suite of every op and variant against the reference"},
+    {"report", cmd_report, "reports from result JSON (merge: combine conformance shards)"},
     {"inspect", cmd_inspect, "checkpoint directory or safetensors file: layout, tensors, bits, warnings"},
     {"dequant", cmd_dequant, "W16 of one quantized tensor as little-endian fp16 [O, I]"},
     {"codebook", cmd_codebook, "EXL3 LUT (3inst|mcg|mul1) or grid table (grid:B)"},

@@ -29,6 +29,8 @@ int cmd_dequant(int argc, char **argv);
 int cmd_codebook(int argc, char **argv);
 int cmd_golden(int argc, char **argv);
 int cmd_symbols(int argc, char **argv);
+int cmd_conform(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 int cmd_bench_kernels(int argc, char **argv);
 
 /* "trellis CMD: error: <text>" on stderr; returns the exit code of err->code. */

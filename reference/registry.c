@@ -1,0 +1,544 @@
+/*
+ * registry.c — the registry's core: names, parameter texts, buffers, case ids and seeds (KERNELS.md §6.1), and the
+ * three tiers of parameter points (§5): --quick (each axis value once with the others at their defaults), --full
+ * (deterministic greedy all-pairs covering), --exhaustive (the filtered cartesian product, iterated lazily).
+ */
+#include "trellis/registry.h"
+#include "trellis/alloc.h"
+#include "trellis/rng.h"
+
+#include "reg_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const class_names[] = {"EXACT", "ORDERED", "TOLERANT"};
+static const char *const tier_names[] = {"quick", "full", "exhaustive"};
+static const char *const verdict_names[] = {"PASS", "FAIL", "PRECISION_WARNING", "UNSUPPORTED", "RESOURCE_ERROR",
+                                            "CRASH", "TIMEOUT"};
+
+const char *tr_class_name(tr_class c) { return (unsigned)c < 3 ? class_names[c] : "?"; }
+const char *tr_tier_name(tr_tier t) { return (unsigned)t < 3 ? tier_names[t] : "?"; }
+const char *tr_verdict_name(tr_verdict v) { return (unsigned)v < TR_VERDICT_COUNT ? verdict_names[v] : "?"; }
+
+int tr_verdict_parse(const char *name, tr_verdict *out)
+{
+    for (int i = 0; i < TR_VERDICT_COUNT; i++)
+        if (strcmp(name, verdict_names[i]) == 0) {
+            *out = (tr_verdict)i;
+            return 0;
+        }
+    return -1;
+}
+
+/* ---- parameters ------------------------------------------------------------------------------------------------ */
+
+int tr_params_parse(tr_params *p, const char *text)
+{
+    size_t len = strlen(text);
+    memset(p, 0, sizeof *p);
+    if (len >= sizeof p->text)
+        return -1;
+    memcpy(p->text, text, len + 1);
+    memcpy(p->store, text, len + 1);
+    if (len == 0)
+        return 0;
+    for (char *item = p->store; item;) {
+        char *next = strchr(item, ';');
+        if (next)
+            *next++ = '\0';
+        char *eq = strchr(item, '=');
+        if (!eq || eq == item || p->n >= 48)
+            return -1;
+        *eq = '\0';
+        p->key[p->n] = item;
+        p->val[p->n] = eq + 1;
+        p->n++;
+        item = next;
+    }
+    return 0;
+}
+
+const char *tr_params_str(const tr_params *p, const char *key)
+{
+    for (int i = 0; i < p->n; i++)
+        if (strcmp(p->key[i], key) == 0)
+            return p->val[i];
+    return NULL;
+}
+
+int64_t tr_params_int(const tr_params *p, const char *key, int64_t dflt)
+{
+    const char *v = tr_params_str(p, key);
+    return v ? strtoll(v, NULL, 10) : dflt;
+}
+
+double tr_params_real(const tr_params *p, const char *key, double dflt)
+{
+    const char *v = tr_params_str(p, key);
+    return v ? strtod(v, NULL) : dflt;
+}
+
+int tr_params_is(const tr_params *p, const char *key, const char *value)
+{
+    const char *v = tr_params_str(p, key);
+    return v && strcmp(v, value) == 0;
+}
+
+/* ---- buffers --------------------------------------------------------------------------------------------------- */
+
+uint64_t tr_buf_numel(const tr_buf *b)
+{
+    uint64_t n = 1;
+    for (unsigned d = 0; d < b->ndim; d++)
+        n *= b->shape[d];
+    return n;
+}
+
+tr_buf *tr_bufs_add(tr_bufs *b, const char *name, tr_role role, tr_dtype dt, unsigned ndim, const uint64_t *shape)
+{
+    if (b->n == b->cap) {
+        int cap = b->cap ? 2 * b->cap : 16;
+        tr_buf *v = tr_realloc(b->v, (size_t)cap * sizeof *v);
+        if (!v)
+            return NULL;
+        b->v = v;
+        b->cap = cap;
+    }
+    tr_buf *x = &b->v[b->n];
+    memset(x, 0, sizeof *x);
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->role = role;
+    x->dtype = dt;
+    x->ndim = ndim;
+    for (unsigned d = 0; d < ndim; d++)
+        x->shape[d] = shape[d];
+    x->bytes = (size_t)(tr_buf_numel(x) * tr_dtype_size(dt));
+    x->data = tr_calloc(x->bytes ? x->bytes : 1, 1);
+    if (!x->data)
+        return NULL;
+    b->n++;
+    return x;
+}
+
+tr_buf *tr_bufs_get(const tr_bufs *b, const char *name)
+{
+    for (int i = 0; i < b->n; i++)
+        if (strcmp(b->v[i].name, name) == 0)
+            return &b->v[i];
+    return NULL;
+}
+
+void tr_bufs_free(tr_bufs *b)
+{
+    for (int i = 0; i < b->n; i++)
+        tr_dealloc(b->v[i].data);
+    tr_dealloc(b->v);
+    b->v = NULL;
+    b->n = b->cap = 0;
+}
+
+void tr_expect_free(tr_expect *e)
+{
+    for (int i = 0; i < e->canon.n; i++) {
+        if (e->hi)
+            tr_dealloc(e->hi[i]);
+        if (e->B)
+            tr_dealloc(e->B[i]);
+        if (e->P)
+            tr_dealloc(e->P[i]);
+    }
+    tr_dealloc(e->hi);
+    tr_dealloc(e->B);
+    tr_dealloc(e->P);
+    tr_bufs_free(&e->canon);
+    memset(e, 0, sizeof *e);
+}
+
+/* ---- registry and cases ------------------------------------------------------------------------------------------ */
+
+size_t tr_registry_count(void) { return reg_op_count; }
+
+const tr_opdef *tr_registry_op(size_t i) { return i < reg_op_count ? reg_ops[i] : NULL; }
+
+const tr_opdef *tr_registry_find(const char *name)
+{
+    for (size_t i = 0; i < reg_op_count; i++)
+        if (strcmp(reg_ops[i]->name, name) == 0)
+            return reg_ops[i];
+    return NULL;
+}
+
+const tr_variant *tr_op_variant(const tr_opdef *op, const char *id)
+{
+    for (int i = 0; i < op->nvariants; i++)
+        if (strcmp(op->variants[i].id, id) == 0)
+            return &op->variants[i];
+    return NULL;
+}
+
+int tr_case_init(tr_case *c, const tr_opdef *op, const tr_variant *v, const char *params, int rep, uint64_t master)
+{
+    memset(c, 0, sizeof *c);
+    c->op = op;
+    c->variant = v;
+    c->rep = rep;
+    c->master_seed = master;
+    if (tr_params_parse(&c->params, params) != 0)
+        return TR_E_INVALID_PARAM;
+    int n = snprintf(c->id, sizeof c->id, "%s/%s/%s/%d", op->name, v->id, params, rep);
+    if (n < 0 || (size_t)n >= sizeof c->id)
+        return TR_E_INVALID_PARAM;
+    c->seed = tr_splitmix64(master ^ tr_fnv1a64_str(c->id));
+    return TR_OK;
+}
+
+int tr_case_from_id(tr_case *c, const char *id, uint64_t master, tr_error *err)
+{
+    char buf[TR_CASE_ID_MAX];
+    if (strlen(id) >= sizeof buf)
+        return tr_fail(err, TR_E_INVALID_PARAM, "case id", "too long");
+    strcpy(buf, id);
+    char *op = buf, *var = strchr(op, '/');
+    char *params = var ? strchr(var + 1, '/') : NULL;
+    char *rep = params ? strrchr(params + 1, '/') : NULL;
+    if (!var || !params || !rep)
+        return tr_fail(err, TR_E_INVALID_PARAM, id, "a case id reads <op>/<variant>/<params>/<rep>");
+    *var++ = '\0';
+    *params++ = '\0';
+    *rep++ = '\0';
+    const tr_opdef *o = tr_registry_find(op);
+    if (!o)
+        return tr_fail(err, TR_E_INVALID_PARAM, id, "unknown op \"%s\"", op);
+    const tr_variant *v = tr_op_variant(o, var);
+    if (!v)
+        return tr_fail(err, TR_E_INVALID_PARAM, id, "op %s has no variant \"%s\"", op, var);
+    char *end;
+    long r = strtol(rep, &end, 10);
+    if (*rep == '\0' || *end != '\0' || r < 0)
+        return tr_fail(err, TR_E_INVALID_PARAM, id, "repetition \"%s\" is not a non-negative integer", rep);
+    if (tr_case_init(c, o, v, params, (int)r, master) != TR_OK)
+        return tr_fail(err, TR_E_INVALID_PARAM, id, "malformed parameters \"%s\"", params);
+    return TR_OK;
+}
+
+uint64_t tr_case_stream_seed(const tr_case *c, const char *tensor)
+{
+    return tr_splitmix64(c->seed ^ tr_fnv1a64_str(tensor));
+}
+
+/* ---- tiers ------------------------------------------------------------------------------------------------------- */
+
+/* Text of a point given as value indices. */
+static void point_text(const tr_opdef *op, const int *idx, char *buf, size_t cap)
+{
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int a = 0; a < op->naxes; a++) {
+        int n = snprintf(buf + at, cap - at, "%s%s", a ? ";" : "", op->axes[a].values[idx[a]]);
+        if (n < 0 || (size_t)n >= cap - at)
+            return;
+        at += (size_t)n;
+    }
+}
+
+static int point_valid(const tr_opdef *op, const int *idx)
+{
+    if (!op->valid)
+        return 1;
+    char text[TR_CASE_ID_MAX];
+    point_text(op, idx, text, sizeof text);
+    tr_params p;
+    return tr_params_parse(&p, text) == 0 && op->valid(&p);
+}
+
+static int axis_count(const tr_opdef *op, tr_tier tier, int a)
+{
+    const tr_axis *ax = &op->axes[a];
+    return tier == TR_TIER_QUICK && ax->quick_nvalues > 0 ? ax->quick_nvalues : ax->nvalues;
+}
+
+/* Can the partial point (idx[a] < 0 = unset) be completed to a valid point?  Depth-first over unset axes in order;
+ * on success idx holds the first completion found. */
+static int complete(const tr_opdef *op, tr_tier tier, int *idx, int from)
+{
+    int a = from;
+    while (a < op->naxes && idx[a] >= 0)
+        a++;
+    if (a == op->naxes)
+        return point_valid(op, idx);
+    for (int v = 0; v < axis_count(op, tier, a); v++) {
+        idx[a] = v;
+        if (complete(op, tier, idx, a + 1))
+            return 1;
+    }
+    idx[a] = -1;
+    return 0;
+}
+
+static int completable(const tr_opdef *op, tr_tier tier, const int *partial)
+{
+    int tmp[TR_MAX_AXES];
+    memcpy(tmp, partial, sizeof tmp);
+    return complete(op, tier, tmp, 0);
+}
+
+typedef struct point_list {
+    int *v;                    /* naxes ints per point */
+    size_t n, cap;
+    int naxes;
+} point_list;
+
+static int list_add(point_list *l, const int *idx)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (memcmp(l->v + i * l->naxes, idx, (size_t)l->naxes * sizeof *idx) == 0)
+            return TR_OK;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        int *v = tr_realloc(l->v, cap * (size_t)l->naxes * sizeof *v);
+        if (!v)
+            return TR_E_NOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    memcpy(l->v + l->n * l->naxes, idx, (size_t)l->naxes * sizeof *idx);
+    l->n++;
+    return TR_OK;
+}
+
+/* --quick: every axis value once, the other axes at their defaults (or the first values that can complete it). */
+static int quick_points(const tr_opdef *op, point_list *l)
+{
+    for (int a = 0; a < op->naxes; a++)
+        for (int v = 0; v < axis_count(op, TR_TIER_QUICK, a); v++) {
+            int idx[TR_MAX_AXES];
+            for (int b = 0; b < op->naxes; b++)
+                idx[b] = op->axes[b].dflt;
+            idx[a] = v;
+            if (!point_valid(op, idx)) {
+                for (int b = 0; b < op->naxes; b++)
+                    idx[b] = b == a ? v : -1;
+                for (int b = 0; b < op->naxes; b++) {
+                    if (b == a)
+                        continue;
+                    int chosen = 0;
+                    for (int w = 0; w < axis_count(op, TR_TIER_QUICK, b) && !chosen; w++) {
+                        idx[b] = w;
+                        chosen = completable(op, TR_TIER_QUICK, idx);
+                    }
+                    if (!chosen)
+                        break;
+                }
+                if (!point_valid(op, idx))
+                    continue;   /* value v of axis a can never be used */
+            }
+            if (list_add(l, idx) != TR_OK)
+                return TR_E_NOMEM;
+        }
+    return TR_OK;
+}
+
+/* A pair (axis a value va, axis b value vb), a < b. */
+typedef struct vpair {
+    int a, va, b, vb;
+    int live;
+} vpair;
+
+static int pair_in(const vpair *p, const int *idx) { return idx[p->a] == p->va && idx[p->b] == p->vb; }
+
+/* --full: the greedy all-pairs construction of KERNELS.md §5. */
+static int full_points(const tr_opdef *op, point_list *l)
+{
+    int na = op->naxes;
+    if (na == 1) {
+        for (int v = 0; v < op->axes[0].nvalues; v++) {
+            int idx[1] = {v};
+            if (point_valid(op, idx) && list_add(l, idx) != TR_OK)
+                return TR_E_NOMEM;
+        }
+        return TR_OK;
+    }
+    size_t np = 0, cap = 0;
+    vpair *pairs = NULL;
+    for (int a = 0; a < na; a++)
+        for (int b = a + 1; b < na; b++)
+            for (int va = 0; va < op->axes[a].nvalues; va++)
+                for (int vb = 0; vb < op->axes[b].nvalues; vb++) {
+                    int idx[TR_MAX_AXES];
+                    for (int k = 0; k < na; k++)
+                        idx[k] = -1;
+                    idx[a] = va;
+                    idx[b] = vb;
+                    if (!completable(op, TR_TIER_FULL, idx))
+                        continue;
+                    if (np == cap) {
+                        cap = cap ? 2 * cap : 256;
+                        vpair *v = tr_realloc(pairs, cap * sizeof *v);
+                        if (!v) {
+                            tr_dealloc(pairs);
+                            return TR_E_NOMEM;
+                        }
+                        pairs = v;
+                    }
+                    pairs[np++] = (vpair){a, va, b, vb, 1};
+                }
+    size_t left = np;
+    int rc = TR_OK;
+    for (size_t first = 0; left > 0 && rc == TR_OK;) {
+        while (!pairs[first].live)
+            first++;
+        int idx[TR_MAX_AXES];
+        for (int k = 0; k < na; k++)
+            idx[k] = -1;
+        idx[pairs[first].a] = pairs[first].va;
+        idx[pairs[first].b] = pairs[first].vb;
+        for (int c = 0; c < na; c++) {
+            if (idx[c] >= 0)
+                continue;
+            int best = -1;
+            size_t best_cover = 0;
+            for (int v = 0; v < op->axes[c].nvalues; v++) {
+                idx[c] = v;
+                if (!completable(op, TR_TIER_FULL, idx))
+                    continue;
+                size_t cover = 0;   /* live pairs covered by the values fixed so far */
+                for (size_t p = 0; p < np; p++)
+                    if (pairs[p].live && idx[pairs[p].a] >= 0 && idx[pairs[p].b] >= 0 && pair_in(&pairs[p], idx))
+                        cover++;
+                if (best < 0 || cover > best_cover) {
+                    best = v;
+                    best_cover = cover;
+                }
+            }
+            idx[c] = best;
+        }
+        for (size_t p = 0; p < np; p++)
+            if (pairs[p].live && pair_in(&pairs[p], idx)) {
+                pairs[p].live = 0;
+                left--;
+            }
+        rc = list_add(l, idx);
+    }
+    tr_dealloc(pairs);
+    return rc;
+}
+
+static int cmp_points(const void *x, const void *y, void *ctx)
+{
+    const tr_opdef *op = ctx;
+    const int *a = x, *b = y;
+    for (int k = 0; k < op->naxes; k++)
+        if (a[k] != b[k])
+            return a[k] < b[k] ? -1 : 1;
+    return 0;
+}
+
+int tr_point_iter_init(tr_point_iter *it, const tr_opdef *op, tr_tier tier, tr_error *err)
+{
+    memset(it, 0, sizeof *it);
+    it->op = op;
+    it->tier = tier;
+    if (tier == TR_TIER_EXHAUSTIVE) {
+        it->odo_done = op->naxes == 0;
+        return TR_OK;
+    }
+    point_list l = {NULL, 0, 0, op->naxes};
+    int rc = tier == TR_TIER_QUICK ? quick_points(op, &l) : full_points(op, &l);
+    if (rc != TR_OK) {
+        tr_dealloc(l.v);
+        return tr_fail(err, rc, op->name, "cannot enumerate the %s tier", tr_tier_name(tier));
+    }
+    if (l.n > 1)
+        qsort_r(l.v, l.n, (size_t)op->naxes * sizeof *l.v, cmp_points, (void *)op);
+    it->list = l.v;
+    it->nlist = l.n;
+    return TR_OK;
+}
+
+/* Is text one of the tier-part points?  (Always points that repeat one are dropped, KERNELS.md §5.) */
+static int tier_has(const tr_point_iter *it, const char *text)
+{
+    char buf[TR_CASE_ID_MAX];
+    if (it->tier != TR_TIER_EXHAUSTIVE) {
+        for (size_t i = 0; i < it->nlist; i++) {
+            point_text(it->op, it->list + i * it->op->naxes, buf, sizeof buf);
+            if (strcmp(buf, text) == 0)
+                return 1;
+        }
+        return 0;
+    }
+    /* exhaustive: text is in the product when it splits into one value label per axis, in order, and is valid */
+    const char *p = text;
+    for (int a = 0; a < it->op->naxes; a++) {
+        int found = 0;
+        for (int v = 0; v < it->op->axes[a].nvalues && !found; v++) {
+            const char *lab = it->op->axes[a].values[v];
+            size_t n = strlen(lab);
+            if (strncmp(p, lab, n) == 0 && (p[n] == ';' || (p[n] == '\0' && a == it->op->naxes - 1))) {
+                found = 1;
+                p += n + (p[n] == ';');
+            }
+        }
+        if (!found)
+            return 0;
+    }
+    tr_params prm;
+    return *p == '\0' && tr_params_parse(&prm, text) == 0 && (!it->op->valid || it->op->valid(&prm));
+}
+
+static int next_always(tr_point_iter *it, char *buf, size_t cap)
+{
+    const char *const *list = it->op->always;
+    int n = it->op->nalways;
+    if (it->tier == TR_TIER_QUICK && it->op->quick_always) {
+        list = it->op->quick_always;
+        n = it->op->nquick_always;
+    }
+    while (it->always_pos < n) {
+        const char *t = list[it->always_pos++];
+        int dup = tier_has(it, t);
+        for (int k = 0; !dup && k < it->always_pos - 1; k++)
+            dup = strcmp(list[k], t) == 0;
+        if (!dup) {
+            snprintf(buf, cap, "%s", t);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int tr_point_iter_next(tr_point_iter *it, char *buf, size_t cap)
+{
+    const tr_opdef *op = it->op;
+    if (it->tier != TR_TIER_EXHAUSTIVE) {
+        if (it->pos < it->nlist) {
+            point_text(op, it->list + it->pos * op->naxes, buf, cap);
+            it->pos++;
+            return 1;
+        }
+        return next_always(it, buf, cap);
+    }
+    while (!it->odo_done) {
+        int valid = point_valid(op, it->odo);
+        if (valid)
+            point_text(op, it->odo, buf, cap);
+        int a = op->naxes - 1;   /* advance the odometer, last axis fastest */
+        while (a >= 0 && ++it->odo[a] == op->axes[a].nvalues) {
+            it->odo[a] = 0;
+            a--;
+        }
+        if (a < 0)
+            it->odo_done = 1;
+        if (valid)
+            return 1;
+    }
+    return next_always(it, buf, cap);
+}
+
+void tr_point_iter_free(tr_point_iter *it)
+{
+    tr_dealloc(it->list);
+    it->list = NULL;
+}
