@@ -72,12 +72,12 @@ json_t *capture_write_case(const char *dir, uint64_t index, const tr_case *c, co
     json_object_set_new(entry, "metal_math", json_null());
     char rel[256];
     for (int k = 0; rc == TR_OK && k < in->n; k++) {
-        snprintf(rel, sizeof rel, "%s/in_%s.bin", sub, in->v[k].name);
-        rc = put_buffer(dir, rel, &in->v[k], in->v[k].data, in->v[k].bytes, bufs, err);
+        snprintf(rel, sizeof rel, "%s/in_%s.bin", sub, in->v[k]->name);
+        rc = put_buffer(dir, rel, in->v[k], in->v[k]->data, in->v[k]->bytes, bufs, err);
     }
     for (int k = 0; rc == TR_OK && k < got->n; k++) {
-        snprintf(rel, sizeof rel, "%s/out_%s.bin", sub, got->v[k].name);
-        rc = put_buffer(dir, rel, &got->v[k], guarded[k], got->v[k].bytes + 2 * CONFORM_GUARD_BYTES, bufs, err);
+        snprintf(rel, sizeof rel, "%s/out_%s.bin", sub, got->v[k]->name);
+        rc = put_buffer(dir, rel, got->v[k], guarded[k], got->v[k]->bytes + 2 * CONFORM_GUARD_BYTES, bufs, err);
     }
     json_object_set_new(entry, "buffers", bufs);
     if (rc != TR_OK) {
@@ -183,7 +183,7 @@ int capture_load_case(const char *dir, json_t *entry, tr_bufs *in, tr_bufs *got,
         int rc = load_file(dir, b, x->bytes + (output ? 2 * CONFORM_GUARD_BYTES : 0), &data, err);
         if (rc != TR_OK)
             return rc;
-        if (output) {   /* keep the whole guarded block; the buffer views its middle */
+        if (output) {   /* keep the whole guarded block; the buffer views its middle (freed by the caller) */
             if (got->n > 64) {
                 tr_dealloc(data);
                 return tr_fail(err, TR_E_INPUT, dir, "more than 64 outputs");

@@ -89,13 +89,13 @@ static int ops_match(const char *patterns, const char *op, const char *variant, 
     return hit;
 }
 
-/* Which variants a backend runs: its own (ref → "ref", cpu → "cpu"); ref also runs foreign variants that --ops names
- * explicitly. */
+/* Which variants a backend runs: its own (ref → "ref", cpu → "cpu"); ref also runs any variant that --ops names
+ * explicitly (its outputs are then the reference's in that variant's accumulation mode: captures for tests). */
 static int backend_runs(const char *backend, const tr_variant *v, int explicit_variant)
 {
     if (strcmp(v->id, backend) == 0)
         return 1;
-    return strcmp(backend, "ref") == 0 && explicit_variant && strcmp(v->id, "cpu") != 0;
+    return strcmp(backend, "ref") == 0 && explicit_variant;
 }
 
 /* ---- workers --------------------------------------------------------------------------------------------------- */
@@ -130,9 +130,24 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Test hook (docs/decisions.md): TR_CONFORM_FAULT="crash:GLOB" or "hang:GLOB" makes the worker of every case whose
+ * id matches GLOB abort or spin, so tests can prove crash and timeout isolation without a broken backend. */
+static void injected_fault(const tr_case *c)
+{
+    const char *f = getenv("TR_CONFORM_FAULT");
+    if (!f)
+        return;
+    if (!strncmp(f, "crash:", 6) && fnmatch(f + 6, c->id, 0) == 0)
+        abort();
+    if (!strncmp(f, "hang:", 5) && fnmatch(f + 5, c->id, 0) == 0)
+        for (;;)
+            pause();
+}
+
 /* Child: create the backend (threads must not cross fork), run the case, write one JSON line, exit. */
 static void child_run(run_state *s, const tr_case *c, json_t *capture_case, int fd)
 {
+    injected_fault(c);
     conform_source src = {NULL, capture_case, s->capture_dir};
     conform_opts o = {s->backend, s->a->bench, s->a->reps, s->a->capture_out};
     tr_error err;
@@ -574,27 +589,16 @@ static int parse_args(int argc, char **argv, conform_args *a)
     return 0;
 }
 
-/* --replay: exactly one case, run in-process and printed as JSON. */
-static int replay(const conform_args *a, const char *backend)
+/* --replay: exactly one case (the normal run path, so --json and --capture-out apply). */
+static int run_replay(run_state *s, tr_error *err)
 {
     tr_case c;
-    tr_error err;
-    if (tr_case_from_id(&c, a->replay, a->seed, &err) != TR_OK)
-        return cli_fail(CMD, &err);
-    conform_source src = {NULL, NULL, NULL};
-    if (tr_backend_create(backend, 0, &src.be, &err) != TR_OK)
-        return cli_fail(CMD, &err);
-    conform_opts o = {backend, a->bench, a->reps, NULL};
-    unsigned long mark = tr_json_mark();
-    json_t *r = conform_exec(&c, &src, &o);
-    tr_backend_destroy(src.be);
-    const char *status = json_string_value(json_object_get(r, "status"));
-    int v = verdict_index(status);
-    int rc = cli_write_json(CMD, a->json ? a->json : "-", r, mark);
-    json_decref(r);
-    if (rc != CLI_OK)
-        return rc;
-    return is_failure(a, v) ? CLI_FAILURES : CLI_OK;
+    if (tr_case_from_id(&c, s->a->replay, s->a->seed, err) != TR_OK)
+        return err->code;
+    c.index = 0;
+    if (dispatch(s, &c, NULL) != TR_OK)
+        return tr_fail(err, TR_E_NOMEM, CMD, "cannot start a worker");
+    return TR_OK;
 }
 
 static char *json_path_for(const conform_args *a, const char *backend)
@@ -645,7 +649,7 @@ static int run_backend(const conform_args *a, const char *backend)
     time_t t = time(NULL);
     strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
     double t0 = now_s();
-    rc = s.capture_dir ? run_capture(&s, &err) : run_registry(&s, &err);
+    rc = s.capture_dir ? run_capture(&s, &err) : a->replay ? run_replay(&s, &err) : run_registry(&s, &err);
     while (s.nw > 0)
         reap(&s);
     if (a->progress)
@@ -685,8 +689,6 @@ int cmd_conform(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc != 0)
         return rc < 0 ? CLI_OK : rc;
-    if (a.replay)
-        return replay(&a, a.backends[0]);
     const char *status_file = getenv("TEST_SHARD_STATUS_FILE");
     if (status_file && *status_file) {   /* Bazel's test sharding protocol: say we support sharding */
         int fd = open(status_file, O_WRONLY | O_CREAT, 0644);

@@ -147,7 +147,7 @@ static int compute_expect(const tr_case *c, const tr_bufs *in, const tr_bufs *sh
 {
     memset(e, 0, sizeof *e);
     for (int k = 0; k < shapes->n; k++) {
-        const tr_buf *s = &shapes->v[k];
+        const tr_buf *s = shapes->v[k];
         tr_buf *b = tr_bufs_add(&e->canon, s->name, TR_ROLE_OUTPUT, s->dtype, s->ndim, s->shape);
         if (!b)
             return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
@@ -181,24 +181,29 @@ static int alloc_got(const tr_bufs *shapes, tr_bufs *got, uint8_t **guarded)
         return TR_E_NOMEM;
     got->cap = shapes->n + 1;
     for (int k = 0; k < shapes->n; k++) {
-        got->v[k] = shapes->v[k];
-        guarded[k] = conform_guarded_alloc(shapes->v[k].bytes);
-        if (!guarded[k])
+        got->v[k] = tr_malloc(sizeof *got->v[k]);
+        guarded[k] = got->v[k] ? conform_guarded_alloc(shapes->v[k]->bytes) : NULL;
+        if (!guarded[k]) {
+            tr_dealloc(got->v[k]);
             return TR_E_NOMEM;
-        got->v[k].data = guarded[k] + CONFORM_GUARD_BYTES;
+        }
+        *got->v[k] = *shapes->v[k];
+        got->v[k]->data = guarded[k] + CONFORM_GUARD_BYTES;
         got->n = k + 1;
-        if (got->v[k].accumulating)
-            memset(got->v[k].data, 0, got->v[k].bytes);
+        if (got->v[k]->accumulating)
+            memset(got->v[k]->data, 0, got->v[k]->bytes);
         else
-            tr_poison_fill(&got->v[k]);
+            tr_poison_fill(got->v[k]);
     }
     return TR_OK;
 }
 
 static void free_got(tr_bufs *got, uint8_t **guarded)
 {
-    for (int k = 0; k < got->n; k++)
+    for (int k = 0; k < got->n; k++) {
         tr_dealloc(guarded[k]);
+        tr_dealloc(got->v[k]);
+    }
     tr_dealloc(got->v);
     got->v = NULL;
     got->n = 0;
@@ -239,23 +244,24 @@ static double time_runs(const tr_case *c, tr_backend *be, const tr_bufs *in, con
     return m;
 }
 
-/* Expected error: the backend must return the same code and leave every output untouched. */
+/* Expected error: the backend must return the same code and leave every output untouched (a capture has no return
+ * code: got_rc < 0, only the outputs are judged). */
 static void judge_expected_error(const tr_case *c, int expected, int got_rc, const tr_bufs *got, const tr_expect *e,
                                  tr_result *r)
 {
     verdict_only(r, c, TR_PASS, "%s", "");
     snprintf(r->detail, sizeof r->detail, "expected error %s", tr_status_name(expected));
-    if (got_rc != expected) {
+    if (got_rc >= 0 && got_rc != expected) {
         r->status = TR_FAIL;
         snprintf(r->detail, sizeof r->detail, "expected error %s, backend returned %s", tr_status_name(expected),
                  tr_status_name(got_rc));
         return;
     }
     for (int k = 0; k < got->n; k++)
-        if (memcmp(got->v[k].data, e->canon.v[k].data, got->v[k].bytes) != 0) {
+        if (memcmp(got->v[k]->data, e->canon.v[k]->data, got->v[k]->bytes) != 0) {
             r->status = TR_FAIL;
             snprintf(r->detail, sizeof r->detail, "error %s returned but output %s was written",
-                     tr_status_name(expected), got->v[k].name);
+                     tr_status_name(expected), got->v[k]->name);
             return;
         }
 }
@@ -264,10 +270,10 @@ static void check_guards(const tr_bufs *got, uint8_t *const *guarded, tr_result 
 {
     for (int k = 0; k < got->n; k++) {
         long where;
-        if (!conform_guards_intact(guarded[k], got->v[k].bytes, &where)) {
+        if (!conform_guards_intact(guarded[k], got->v[k]->bytes, &where)) {
             r->status = TR_FAIL;
             snprintf(r->detail, sizeof r->detail, "out-of-bounds write: guard byte of output %s at data offset %ld "
-                     "changed", got->v[k].name, where);
+                     "changed", got->v[k]->name, where);
             return;
         }
     }
@@ -305,13 +311,13 @@ json_t *conform_exec(const tr_case *c, const conform_source *src, const conform_
                  : capture_load_case(src->capture_dir, src->capture_case, &in, &got, guarded, &err);
     if (rc == TR_OK && !src->be && src->capture_case)
         for (int k = 0; k < got.n; k++) {   /* shapes of the expected outputs = the recorded ones */
-            tr_buf *s = tr_bufs_add(&shapes, got.v[k].name, TR_ROLE_OUTPUT, got.v[k].dtype, got.v[k].ndim,
-                                    got.v[k].shape);
+            tr_buf *s = tr_bufs_add(&shapes, got.v[k]->name, TR_ROLE_OUTPUT, got.v[k]->dtype, got.v[k]->ndim,
+                                    got.v[k]->shape);
             if (!s) {
                 rc = tr_fail(&err, TR_E_NOMEM, c->id, "out of memory");
                 break;
             }
-            s->accumulating = got.v[k].accumulating;
+            s->accumulating = got.v[k]->accumulating;
         }
     if (rc != TR_OK) {
         verdict_only(&r, c, rc == TR_E_NOMEM ? TR_RESOURCE_ERROR : TR_FAIL, "inputs: %s", err.text);
@@ -338,16 +344,16 @@ json_t *conform_exec(const tr_case *c, const conform_source *src, const conform_
         rc = c->op->run(c, src->be, &in, &got, &err);
         t_us = now_us() - t0;
     } else
-        rc = TR_OK;
+        rc = -1;   /* a capture: no return code */
     if (e.status != TR_OK)
         judge_expected_error(c, e.status, rc, &got, &e, &r);
-    else if (rc != TR_OK)
+    else if (rc > 0)
         verdict_only(&r, c, verdict_of_error(rc), "backend: %s", err.text);
     else if (self_check(c, &e, &r))
         tr_compare(c, &got, &e, &r);
     if (r.status != TR_CRASH)
         check_guards(&got, guarded, &r);
-    if (o->bench && src->be && rc == TR_OK) {
+    if (o->bench && src->be && rc == TR_OK && e.status == TR_OK) {
         t_us = time_runs(c, src->be, &in, &shapes, o->reps);
         ref_us = time_runs(c, NULL, &in, &shapes, o->reps);
     } else if (!o->bench)
@@ -364,12 +370,6 @@ done:;
     tr_bufs_free(&in);
     tr_bufs_free(&shapes);
     tr_expect_free(&e);
-    if (src->be)
-        free_got(&got, guarded);
-    else {
-        for (int k = 0; k < got.n; k++)
-            tr_dealloc(guarded[k]);
-        tr_dealloc(got.v);
-    }
+    free_got(&got, guarded);
     return res;
 }

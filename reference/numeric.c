@@ -114,14 +114,35 @@ float tr_dot_f16t(const float *a, const float *b, size_t n)
     return acc;
 }
 
+/* f16 -> f64 by table: the H16T reduction converts every partial sum back, so this lookup is its inner loop. */
+static double f16_value[65536];
+
+__attribute__((constructor)) static void init_f16_values(void)
+{
+    for (uint32_t h = 0; h < 65536; h++)
+        f16_value[h] = tr_f16_to_f32((uint16_t)h);
+}
+
+uint16_t tr_dot_h16t_bits(const uint16_t *a, const uint16_t *b, size_t n)
+{
+    uint16_t acc = 0;
+    for (size_t t = 0; t < n; t += 16) {
+        uint16_t ph = 0;   /* the f16 partial */
+        for (size_t i = t; i < n && i < t + 16; i++)
+            ph = tr_f64_to_f16(fma(f16_value[a[i]], f16_value[b[i]], f16_value[ph]));   /* fmah */
+        acc = tr_f64_to_f16(f16_value[acc] + f16_value[ph]);
+    }
+    return acc;
+}
+
 uint16_t tr_dot_h16t(const float *a, const float *b, size_t n)
 {
     uint16_t acc = 0;
     for (size_t t = 0; t < n; t += 16) {
-        uint16_t p = 0;
+        uint16_t ph = 0;
         for (size_t i = t; i < n && i < t + 16; i++)
-            p = tr_fmah(tr_f32_to_f16(a[i]), tr_f32_to_f16(b[i]), p);
-        acc = tr_addh(acc, p);
+            ph = tr_f64_to_f16(fma(f16_value[tr_f32_to_f16(a[i])], f16_value[tr_f32_to_f16(b[i])], f16_value[ph]));
+        acc = tr_f64_to_f16(f16_value[acc] + f16_value[ph]);
     }
     return acc;
 }

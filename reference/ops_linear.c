@@ -158,7 +158,8 @@ int tr_expert_check(const tr_expert *e, tr_error *err)
 
 /* An expert's widened weights, decoded once. */
 typedef struct expert_w {
-    float *g, *u, *d;
+    float *g, *u, *d;          /* widened W16 for the f32 path */
+    uint16_t *g16, *u16, *d16; /* W16 bits for the f16 path (loaded on first use) */
     uint32_t H, I;
 } expert_w;
 
@@ -167,11 +168,15 @@ static void expert_w_free(expert_w *x)
     tr_dealloc(x->g);
     tr_dealloc(x->u);
     tr_dealloc(x->d);
+    tr_dealloc(x->g16);
+    tr_dealloc(x->u16);
+    tr_dealloc(x->d16);
     memset(x, 0, sizeof *x);
 }
 
 static int expert_w_load(const tr_expert *e, expert_w *x, tr_error *err)
 {
+    memset(x, 0, sizeof *x);
     x->H = e->gate->I;
     x->I = e->gate->O;
     x->g = widened_weights(e->gate, err);
@@ -195,16 +200,35 @@ static void row_f32(const expert_w *w, const float *x, float *g, float *u, float
         y[n] = tr_dot_l16(s, w->d + (size_t)n * w->I, w->I);
 }
 
-/* acc f16: x rounded to f16, g/u by H16T, s = RNh(RN32(silu(widen g)·widen u)), y by H16T over s. */
-static void row_f16(const expert_w *w, const float *x, float *s, uint16_t *y)
+/* W16 bits of the three projections (the f16 path multiplies f16 operands). */
+static int expert_w_bits(const tr_expert *e, expert_w *x)
 {
+    if (x->g16)
+        return TR_OK;
+    size_t ng = (size_t)x->H * x->I;
+    x->g16 = tr_malloc(ng * 2);
+    x->u16 = tr_malloc(ng * 2);
+    x->d16 = tr_malloc(ng * 2);
+    if (!x->g16 || !x->u16 || !x->d16)
+        return TR_E_NOMEM;
+    tr_dequant_layer(e->gate, x->g16);
+    tr_dequant_layer(e->up, x->u16);
+    tr_dequant_layer(e->down, x->d16);
+    return TR_OK;
+}
+
+/* acc f16: x rounded to f16, g/u by H16T, s = RNh(RN32(silu(widen g)·widen u)), y by H16T over s. */
+static void row_f16(const expert_w *w, const float *x, uint16_t *x16, uint16_t *s16, uint16_t *y)
+{
+    for (uint32_t k = 0; k < w->H; k++)
+        x16[k] = tr_f32_to_f16(x[k]);
     for (uint32_t j = 0; j < w->I; j++) {
-        float g = tr_f16_to_f32(tr_dot_h16t(x, w->g + (size_t)j * w->H, w->H));
-        float u = tr_f16_to_f32(tr_dot_h16t(x, w->u + (size_t)j * w->H, w->H));
-        s[j] = tr_f16_to_f32(tr_f32_to_f16(tr_silu(g) * u));
+        float g = tr_f16_to_f32(tr_dot_h16t_bits(x16, w->g16 + (size_t)j * w->H, w->H));
+        float u = tr_f16_to_f32(tr_dot_h16t_bits(x16, w->u16 + (size_t)j * w->H, w->H));
+        s16[j] = tr_f32_to_f16(tr_silu(g) * u);
     }
     for (uint32_t n = 0; n < w->H; n++)
-        y[n] = tr_dot_h16t(s, w->d + (size_t)n * w->I, w->I);
+        y[n] = tr_dot_h16t_bits(s16, w->d16 + (size_t)n * w->I, w->I);
 }
 
 void tr_ref_expert_row(const tr_expert *e, const float *x, float *g, float *u, float *s, float *y)
@@ -225,7 +249,10 @@ int tr_ref_expert_ffn(const tr_expert *e, const float *x, uint32_t R, tr_acc acc
     if ((rc = expert_w_load(e, &w, err)) != TR_OK)
         return rc;
     float *buf = tr_malloc(((size_t)3 * w.I + w.H) * sizeof *buf);
-    if (!buf) {
+    uint16_t *b16 = tr_malloc(((size_t)w.I + w.H) * sizeof *b16);
+    if (!buf || !b16 || (acc == TR_ACC_F16 && expert_w_bits(e, &w) != TR_OK)) {
+        tr_dealloc(buf);
+        tr_dealloc(b16);
         expert_w_free(&w);
         return tr_fail(err, TR_E_NOMEM, "expert_ffn", "out of memory");
     }
@@ -236,9 +263,10 @@ int tr_ref_expert_ffn(const tr_expert *e, const float *x, uint32_t R, tr_acc acc
             row_f32(&w, xr, g, u, s, yr);
             memcpy((float *)y + (size_t)r * w.H, yr, (size_t)w.H * sizeof *yr);
         } else
-            row_f16(&w, xr, s, (uint16_t *)y + (size_t)r * w.H);
+            row_f16(&w, xr, b16, b16 + w.H, (uint16_t *)y + (size_t)r * w.H);
     }
     tr_dealloc(buf);
+    tr_dealloc(b16);
     expert_w_free(&w);
     return TR_OK;
 }
@@ -266,7 +294,7 @@ int tr_ref_moe_swiglu(const tr_expert *experts, uint32_t E, const float *x, uint
     expert_w *cache = tr_calloc(E, sizeof *cache);
     float *acc_rows = tr_malloc((size_t)T * H * sizeof *acc_rows);
     float *buf = tr_malloc(((size_t)3 * I + H) * sizeof *buf);
-    uint16_t *y16 = tr_malloc((size_t)H * sizeof *y16);
+    uint16_t *y16 = tr_malloc(((size_t)2 * H + I) * sizeof *y16);
     if (!cache || !acc_rows || !buf || !y16)
         rc = tr_fail(err, TR_E_NOMEM, "moe_swiglu", "out of memory");
     float *g = buf, *u = buf + I, *s = buf + 2 * (size_t)I, *y = buf + 3 * (size_t)I;
@@ -278,11 +306,15 @@ int tr_ref_moe_swiglu(const tr_expert *experts, uint32_t E, const float *x, uint
             int32_t id = ids[(size_t)t * k + j];
             if (!cache[id].g && (rc = expert_w_load(&experts[id], &cache[id], err)) != TR_OK)
                 break;
+            if (acc == TR_ACC_F16 && expert_w_bits(&experts[id], &cache[id]) != TR_OK) {
+                rc = tr_fail(err, TR_E_NOMEM, "moe_swiglu", "out of memory");
+                break;
+            }
             const float *xt = x + (size_t)t * H;
             if (acc == TR_ACC_F32)
                 row_f32(&cache[id], xt, g, u, s, y);
             else {
-                row_f16(&cache[id], xt, s, y16);
+                row_f16(&cache[id], xt, y16 + H, y16 + 2 * (size_t)H, y16);
                 tr_f16_to_f32_n(y16, y, H);
             }
             float p = probs[(size_t)t * k + j];

@@ -42,14 +42,14 @@ __attribute__((constructor)) static void build_tuples(void)
 {
     int n = 0;
     for (int i = 0; i < 12; i++)
-        snprintf(tuple_store[n++], sizeof tuple_store[0], "tuple=%s", practice[i]);
-    for (int g = 2; g <= 8; g++)
-        for (int u = 2; u <= 8; u++)
-            for (int d = 2; d <= 8; d++) {
-                char t[8];
-                snprintf(t, sizeof t, "%d-%d-%d", g, u, d);
-                if (!reg_tuple_is_practice(t))
-                    snprintf(tuple_store[n++], sizeof tuple_store[0], "tuple=%s", t);
+        snprintf(tuple_store[n++], sizeof tuple_store[0], "tuple=%.5s", practice[i]);
+    for (unsigned g = 2; g <= 8; g++)
+        for (unsigned u = 2; u <= 8; u++)
+            for (unsigned d = 2; d <= 8; d++) {
+                char t[16];
+                snprintf(t, sizeof t, "tuple=%u-%u-%u", g % 10, u % 10, d % 10);
+                if (!reg_tuple_is_practice(t + 6))
+                    memcpy(tuple_store[n++], t, sizeof t);
             }
     for (int i = 0; i < 343; i++)
         reg_tuples_v[i] = tuple_store[i];

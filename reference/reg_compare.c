@@ -219,7 +219,7 @@ void tr_compare_class(const tr_case *c, const tr_bufs *got, const tr_expect *e, 
     nmse_acc nm = {0, 0};
     int precision = 0;
     for (int k = 0; k < e->canon.n; k++) {
-        const tr_buf *eb = &e->canon.v[k];
+        const tr_buf *eb = e->canon.v[k];
         const tr_buf *gb = tr_bufs_get(got, eb->name);
         if (!gb || gb->dtype != eb->dtype || tr_buf_numel(gb) != tr_buf_numel(eb)) {
             r->status = TR_FAIL;

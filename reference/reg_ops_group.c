@@ -344,7 +344,7 @@ static int combine_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *can
     const tr_buf *s = tr_bufs_get(in, "shared"), *r = tr_bufs_get(in, "residual");
     int a = (s != NULL) + (r != NULL), f16 = tr_case_acc_f16(c);
     double u = f16 ? ldexp(1.0, -11) : ldexp(1.0, -24);
-    int rc = reg_bound_alloc(tr_buf_numel(&canon->v[k]), hi, B, P, err);
+    int rc = reg_bound_alloc(tr_buf_numel(canon->v[k]), hi, B, P, err);
     for (uint32_t t = 0; rc == TR_OK && t < T; t++)
         for (uint32_t n = 0; n < H; n++) {
             double sum = 0, abs_terms = 0, add = 0;

@@ -229,7 +229,7 @@ static int hadamard_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *ca
 {
     tr_hadamard_args a;
     hadamard_args(c, in, &a);
-    const tr_buf *x = tr_bufs_get(in, "x"), *o = &canon->v[k];
+    const tr_buf *x = tr_bufs_get(in, "x"), *o = canon->v[k];
     const tr_buf *pre = tr_bufs_get(in, "prescale"), *post = tr_bufs_get(in, "postscale");
     uint64_t n = tr_buf_numel(o);
     if (reg_bound_alloc(n, hi, B, P, err) != TR_OK)
@@ -470,7 +470,7 @@ static int gemm_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *canon,
     int rc = gemm_view(c, in, "w", &w, err);
     const tr_buf *x = tr_bufs_get(in, "x");
     if (rc == TR_OK)
-        rc = reg_bound_alloc(tr_buf_numel(&canon->v[k]), hi, B, P, err);
+        rc = reg_bound_alloc(tr_buf_numel(canon->v[k]), hi, B, P, err);
     if (rc == TR_OK && linear_bound(c, &w, (const float *)(const void *)x->data, (uint32_t)x->shape[0],
                                     gemm_out_f16(c), *hi, *B, *P) != TR_OK)
         rc = tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
@@ -574,7 +574,7 @@ static int swiglu_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *cano
     reg_qweight_view(in, "up", 128, TR_ROT_NONE, &u);
     const tr_buf *x = tr_bufs_get(in, "x");
     uint32_t M = (uint32_t)x->shape[0];
-    uint64_t n = tr_buf_numel(&canon->v[k]);
+    uint64_t n = tr_buf_numel(canon->v[k]);
     double *gh = tr_malloc(n * 8), *gb = tr_malloc(n * 8), *gp = tr_malloc(n * 8);
     double *uh = tr_malloc(n * 8), *ub = tr_malloc(n * 8), *up = tr_malloc(n * 8);
     int rc = gh && gb && gp && uh && ub && up ? reg_bound_alloc(n, hi, B, P, err)
@@ -659,10 +659,10 @@ static int qkv_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *canon, 
                      double **P, tr_error *err)
 {
     const tr_buf *x = tr_bufs_get(in, "x");
-    int rc = reg_bound_alloc(tr_buf_numel(&canon->v[k]), hi, B, P, err);
+    int rc = reg_bound_alloc(tr_buf_numel(canon->v[k]), hi, B, P, err);
     tr_qweight w;
-    if (rc == TR_OK && tr_buf_numel(&canon->v[k]) > 0 &&
-        reg_qweight_view(in, canon->v[k].name, 128, TR_ROT_NONE, &w) == TR_OK &&
+    if (rc == TR_OK && tr_buf_numel(canon->v[k]) > 0 &&
+        reg_qweight_view(in, canon->v[k]->name, 128, TR_ROT_NONE, &w) == TR_OK &&
         linear_bound(c, &w, (const float *)(const void *)x->data, (uint32_t)x->shape[0], 1, *hi, *B, *P) != TR_OK)
         rc = tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     return rc;

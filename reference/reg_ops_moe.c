@@ -163,9 +163,17 @@ static int expert_row_bound(const tr_case *c, const expert_f64 *w, const double 
  * the down-projection sums over |g|·|u|·|Wd| are all within 2^14 (the latter two scale with 2^2e). */
 static void fit_expert_range(const tr_case *c, tr_buf *x, const expert_f64 *w, uint32_t rows, double limit)
 {
+    (void)c;
     double lin = 0, quad = 0;
     const float *X = (const float *)(const void *)x->data;
+    double *dmax = tr_calloc(w->I, sizeof *dmax);   /* max_n |Wd[n][j]| per column j */
+    if (!dmax)
+        return;
+    for (uint32_t n = 0; n < w->H; n++)
+        for (uint32_t j = 0; j < w->I; j++)
+            dmax[j] = fmax(dmax[j], fabs(w->d[(size_t)n * w->I + j]));
     for (uint32_t r = 0; r < rows; r++) {
+        double down = 0;
         for (uint32_t j = 0; j < w->I; j++) {
             double g = 0, u = 0;
             for (uint32_t k = 0; k < w->H; k++) {
@@ -175,15 +183,13 @@ static void fit_expert_range(const tr_case *c, tr_buf *x, const expert_f64 *w, u
                 g += fabs(xv * w->g[(size_t)j * w->H + k]);
                 u += fabs(xv * w->u[(size_t)j * w->H + k]);
             }
-            lin = g > lin ? g : lin;
-            lin = u > lin ? u : lin;
-            double gu = g * u, down = 0;
-            quad = gu > quad ? gu : quad;
-            for (uint32_t n = 0; n < w->H; n++)
-                down = fmax(down, gu * fabs(w->d[(size_t)n * w->I + j]) * w->I);
-            quad = down > quad ? down : quad;
+            lin = fmax(lin, fmax(g, u));
+            quad = fmax(quad, g * u);
+            down += g * u * dmax[j];   /* Σ_j |s_j|·|Wd[n][j]| <= Σ_j |g_j||u_j| max_n |Wd[n][j]| */
         }
+        quad = fmax(quad, down);
     }
+    tr_dealloc(dmax);
     int e1 = reg_fit_exponent(lin, limit), e2 = reg_fit_exponent(quad, limit);
     int e = e1 < (e2 - 1) / 2 ? e1 : (e2 - 1) / 2;
     if (e < 0)
@@ -229,14 +235,12 @@ static int expert_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *er
         return tr_fail(err, TR_E_INVALID_PARAM, c->id, "unknown value distribution");
     if (is_h16(c))
         round_to_f16(x);
-    if (tr_case_acc_f16(c)) {
-        expert_view v;
-        expert_f64 w;
-        view_expert(in, 0, &v);
-        if (expert_f64_load(&v, &w) == TR_OK)
-            fit_expert_range(c, x, &w, R, 16384.0);
-        expert_f64_free(&w);
-    }
+    expert_view v;
+    expert_f64 w;
+    view_expert(in, 0, &v);
+    if (expert_f64_load(&v, &w) == TR_OK)   /* KERNELS.md §6.5: 2^14 for f16 paths, 2^100 for f32 */
+        fit_expert_range(c, x, &w, R, tr_case_acc_f16(c) ? 16384.0 : 0x1p100);
+    expert_f64_free(&w);
     if (!tr_bufs_add(out, "y", TR_ROLE_OUTPUT, tr_case_acc_f16(c) ? TR_DT_F16 : TR_DT_F32, 2, xs))
         return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     return TR_OK;
@@ -268,7 +272,7 @@ static int expert_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *cano
     uint32_t R = (uint32_t)x->shape[0], H = (uint32_t)x->shape[1];
     double *xd = tr_malloc((size_t)H * sizeof *xd);
     int rc = view_expert(in, 0, &v) == TR_OK && xd && expert_f64_load(&v, &w) == TR_OK
-                 ? reg_bound_alloc(tr_buf_numel(&canon->v[k]), hi, B, P, err)
+                 ? reg_bound_alloc(tr_buf_numel(canon->v[k]), hi, B, P, err)
                  : tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     for (uint32_t r = 0; rc == TR_OK && r < R; r++) {
         consumed_row(c, (const float *)(const void *)x->data + (size_t)r * H, H, xd);
@@ -396,14 +400,14 @@ static int moe_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
             expert_tuple(c, e, t);
             rc = make_expert(c, in, (int)e, H, I, t, err);
         }
-    if (rc == TR_OK && tr_case_acc_f16(c)) {   /* one scaling of x for every expert used */
+    if (rc == TR_OK) {   /* one scaling of x for every expert used (KERNELS.md §6.5) */
         for (uint32_t e = 0; e < E; e++)
             if (used[e]) {
                 expert_view v;
                 expert_f64 w;
                 view_expert(in, (int)e, &v);
                 if (expert_f64_load(&v, &w) == TR_OK)
-                    fit_expert_range(c, x, &w, T, 16384.0);
+                    fit_expert_range(c, x, &w, T, tr_case_acc_f16(c) ? 16384.0 : 0x1p100);
                 expert_f64_free(&w);
             }
     }
@@ -461,7 +465,7 @@ static int moe_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *canon, 
     expert_f64 *w = tr_calloc(E, sizeof *w);
     double *xd = tr_malloc((size_t)H * sizeof *xd), *y = tr_malloc((size_t)H * 3 * sizeof *y);
     double *sum_abs = tr_malloc((size_t)H * 3 * sizeof *sum_abs);
-    int rc = w && xd && y && sum_abs ? reg_bound_alloc(tr_buf_numel(&canon->v[k]), hi, B, P, err)
+    int rc = w && xd && y && sum_abs ? reg_bound_alloc(tr_buf_numel(canon->v[k]), hi, B, P, err)
                                      : tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     const int32_t *id = (const int32_t *)(const void *)ids->data;
     const float *p = (const float *)(const void *)probs->data;
@@ -586,7 +590,7 @@ static int logits_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *cano
 {
     const tr_buf *x = tr_bufs_get(in, "x"), *w = tr_bufs_get(in, "wr"), *s = tr_bufs_get(in, "wscale");
     uint32_t T = (uint32_t)x->shape[0], H = (uint32_t)x->shape[1], E = (uint32_t)w->shape[0];
-    int rc = reg_bound_alloc(tr_buf_numel(&canon->v[k]), hi, B, P, err);
+    int rc = reg_bound_alloc(tr_buf_numel(canon->v[k]), hi, B, P, err);
     for (uint32_t t = 0; rc == TR_OK && t < T; t++)
         for (uint32_t e = 0; e < E; e++) {
             reg_dot d = {0, 0, H};

@@ -100,14 +100,15 @@ tr_buf *tr_bufs_add(tr_bufs *b, const char *name, tr_role role, tr_dtype dt, uns
 {
     if (b->n == b->cap) {
         int cap = b->cap ? 2 * b->cap : 16;
-        tr_buf *v = tr_realloc(b->v, (size_t)cap * sizeof *v);
+        tr_buf **v = tr_realloc(b->v, (size_t)cap * sizeof *v);
         if (!v)
             return NULL;
         b->v = v;
         b->cap = cap;
     }
-    tr_buf *x = &b->v[b->n];
-    memset(x, 0, sizeof *x);
+    tr_buf *x = tr_calloc(1, sizeof *x);
+    if (!x)
+        return NULL;
     snprintf(x->name, sizeof x->name, "%s", name);
     x->role = role;
     x->dtype = dt;
@@ -116,24 +117,28 @@ tr_buf *tr_bufs_add(tr_bufs *b, const char *name, tr_role role, tr_dtype dt, uns
         x->shape[d] = shape[d];
     x->bytes = (size_t)(tr_buf_numel(x) * tr_dtype_size(dt));
     x->data = tr_calloc(x->bytes ? x->bytes : 1, 1);
-    if (!x->data)
+    if (!x->data) {
+        tr_dealloc(x);
         return NULL;
-    b->n++;
+    }
+    b->v[b->n++] = x;
     return x;
 }
 
 tr_buf *tr_bufs_get(const tr_bufs *b, const char *name)
 {
     for (int i = 0; i < b->n; i++)
-        if (strcmp(b->v[i].name, name) == 0)
-            return &b->v[i];
+        if (strcmp(b->v[i]->name, name) == 0)
+            return b->v[i];
     return NULL;
 }
 
 void tr_bufs_free(tr_bufs *b)
 {
-    for (int i = 0; i < b->n; i++)
-        tr_dealloc(b->v[i].data);
+    for (int i = 0; i < b->n; i++) {
+        tr_dealloc(b->v[i]->data);
+        tr_dealloc(b->v[i]);
+    }
     tr_dealloc(b->v);
     b->v = NULL;
     b->n = b->cap = 0;

@@ -1,3 +1,553 @@
-/* check_cpu_gemv.c — placeholder, replaced by the module's tests. */
+/*
+ * check_cpu_gemv.c — the cpu backend's quantized linear (engine/cpu_gemv.h) against tr_ref_gemm_trellis, bit for bit:
+ * every b = 2..8, shapes 1..257 on both axes, group sizes 16..256 and 100, ±1 and general signs, special scales and
+ * activations, rotation hadamard128, M = 1, 2, 5, 17, every SIMD level this CPU has, 1, 2 and 3 threads.  Also the
+ * exact identities the fast paths rest on, the row-range API, errors, the thread pool and level detection.
+ *
+ * "Bitwise equal" allows one thing only: any NaN matches any NaN.  Mismatches are counted and asserted once per test
+ * with the seed of the first failing case.
+ */
 #include "tests.h"
-Suite *suite_cpu_gemv(void) { return suite_create("cpu_gemv"); }
+#include "../engine/cpu_gemv.h"
+#include "../engine/pool.h"
+#include "trellis/alloc.h"
+#include "trellis/codebook.h"
+#include "trellis/fp16.h"
+#include "trellis/ops.h"
+#include "trellis/pack.h"
+#include "trellis/rng.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- test data ------------------------------------------------------------------------------------------------- */
+
+enum { SIGNS_PM1 = 0, SIGNS_GENERAL = 1 };
+enum { VALUES_PLAIN = 0, VALUES_SPECIAL = 1 };
+
+typedef struct lin {
+    tr_qweight w;
+    uint8_t *q, *packed;
+    float *s, *su, *sv;
+} lin;
+
+typedef struct gcase {
+    uint32_t O, I, gs, M;
+    unsigned b;
+    tr_rotation rot;
+    int signs, values;
+    uint64_t seed;
+} gcase;
+
+/* A special float: NaN, ±Inf, ±0, f32 subnormal or huge, else a plain normal value v. */
+static float special_or(tr_rng *r, float v)
+{
+    static const uint32_t sp[] = {0x7FC00000u, 0xFFC01234u, 0x7F800000u, 0xFF800000u, 0x00000000u,
+                                  0x80000000u, 0x00000123u, 0x80400000u, 0x7E800000u, 0x0DA24260u};
+    if (tr_rng_u01(r) < 0.02)
+        return tr_bits_f32(sp[tr_rng_int(r, 0, 9)]);
+    return v;
+}
+
+/* Scales: plain 2^-8..2^-2 of either sign; special adds W16-subnormal (2^-30), W16-overflow (2^12..2^16), ±0,
+ * NaN and ±Inf scales. */
+static float scale_value(tr_rng *r, int values)
+{
+    float v = (float)ldexp(1.0 + tr_rng_u01(r), (int)tr_rng_int(r, -8, -3));
+    if (tr_rng_u01(r) < 0.1)
+        v = -v;
+    if (values != VALUES_SPECIAL)
+        return v;
+    double u = tr_rng_u01(r);
+    if (u < 0.08)
+        return (float)ldexp(1.0 + tr_rng_u01(r), (int)tr_rng_int(r, -32, -26));
+    if (u < 0.14)
+        return (float)ldexp(1.0 + tr_rng_u01(r), (int)tr_rng_int(r, 12, 16));
+    if (u < 0.17)
+        return u < 0.155 ? 0.0f : -0.0f;
+    if (u < 0.18)
+        return tr_bits_f32(u < 0.175 ? 0x7FC00000u : 0x7F800000u);
+    return v;
+}
+
+static float sign_value(tr_rng *r, int signs)
+{
+    if (signs == SIGNS_GENERAL)
+        return (float)((tr_rng_next(r) >> 63 ? -1.0 : 1.0) * (0.25 + 1.75 * tr_rng_u01(r)));
+    return tr_rng_next(r) >> 63 ? -1.0f : 1.0f;
+}
+
+static void lin_make(lin *l, const gcase *c)
+{
+    tr_rng r;
+    tr_rng_seed(&r, c->seed);
+    uint32_t G = (c->I + c->gs - 1) / c->gs;
+    size_t plen = 1 + (size_t)tr_packed_body_bytes(c->O, c->I, c->b);
+    l->q = malloc((size_t)c->O * c->I);
+    l->packed = malloc(plen);
+    l->s = malloc((size_t)G * c->O * sizeof(float));
+    l->su = malloc((size_t)c->I * sizeof(float));
+    l->sv = malloc((size_t)c->O * sizeof(float));
+    for (size_t k = 0; k < (size_t)c->O * c->I; k++)
+        l->q[k] = (uint8_t)tr_rng_int(&r, 0, (1 << c->b) - 1);
+    for (size_t k = 0; k < (size_t)G * c->O; k++)
+        l->s[k] = scale_value(&r, c->values);
+    for (uint32_t k = 0; k < c->I; k++)
+        l->su[k] = sign_value(&r, c->signs);
+    for (uint32_t k = 0; k < c->O; k++)
+        l->sv[k] = sign_value(&r, c->signs);
+    tr_pack_indices(l->q, c->O, c->I, c->b, l->packed);
+    l->w = (tr_qweight){c->O, c->I, c->b, c->gs, G, c->rot, l->packed, plen, l->s, l->su, l->sv};
+}
+
+static void lin_drop(lin *l)
+{
+    free(l->q);
+    free(l->packed);
+    free(l->s);
+    free(l->su);
+    free(l->sv);
+}
+
+static float *make_x(const gcase *c)
+{
+    tr_rng r;
+    tr_rng_seed(&r, c->seed ^ 0x5851F42D4C957F2Dull);
+    float *x = malloc((size_t)c->M * c->I * sizeof(float));
+    for (size_t k = 0; k < (size_t)c->M * c->I; k++) {
+        float v = (float)tr_rng_normal(&r);
+        x[k] = c->values == VALUES_SPECIAL ? special_or(&r, v) : v;
+    }
+    return x;
+}
+
+/* Bits equal, or both NaN. */
+static int same(float a, float b)
+{
+    return tr_f32_bits(a) == tr_f32_bits(b) || (isnan(a) && isnan(b));
+}
+
+static unsigned long count_diff(const float *a, const float *b, size_t n)
+{
+    unsigned long bad = 0;
+    for (size_t k = 0; k < n; k++)
+        bad += !same(a[k], b[k]);
+    return bad;
+}
+
+/* ---- harness: one case against the reference at every level and thread count ---------------------------------- */
+
+typedef struct runner {
+    tr_pool *pool[3];          /* NULL (calling thread), 2 threads, 3 threads (more than this machine's cores) */
+    unsigned long bad, cases;
+    char first[256];
+} runner;
+
+static int n_levels(void) { return (int)tr_simd_supported() + 1; }
+
+static void note(runner *rn, unsigned long bad, const gcase *c, const char *what)
+{
+    rn->cases++;
+    if (!bad)
+        return;
+    if (!rn->bad)
+        snprintf(rn->first, sizeof rn->first,
+                 "%s: O=%u I=%u b=%u gs=%u M=%u rot=%d signs=%d values=%d seed=%llu: %lu outputs differ", what, c->O,
+                 c->I, c->b, c->gs, c->M, (int)c->rot, c->signs, c->values, (unsigned long long)c->seed, bad);
+    rn->bad += bad;
+}
+
+static void run_case(runner *rn, const gcase *c)
+{
+    lin l;
+    lin_make(&l, c);
+    float *x = make_x(c);
+    size_t ny = (size_t)c->M * c->O;
+    float *ref = malloc(ny * sizeof(float)), *y = malloc(ny * sizeof(float));
+    tr_error err;
+    ck_assert_int_eq(tr_ref_gemm_trellis(&l.w, x, c->M, TR_ACC_F32, 0, ref, &err), TR_OK);
+    for (int lv = 0; lv < n_levels(); lv++)
+        for (int t = 0; t < 3; t++) {
+            memset(y, 0xA5, ny * sizeof(float));
+            int rc = tr_cpu_gemm_trellis_level(&l.w, x, c->M, y, rn->pool[t], (tr_simd_level)lv, &err);
+            ck_assert_msg(rc == TR_OK, "seed %llu: %s", (unsigned long long)c->seed, err.text);
+            char what[64];
+            snprintf(what, sizeof what, "%s threads=%d", tr_simd_name((tr_simd_level)lv), t + 1);
+            note(rn, count_diff(ref, y, ny), c, what);
+        }
+    free(ref);
+    free(y);
+    free(x);
+    lin_drop(&l);
+}
+
+static void runner_init(runner *rn)
+{
+    memset(rn, 0, sizeof *rn);
+    tr_error err;
+    ck_assert_int_eq(tr_pool_create(2, &rn->pool[1], &err), TR_OK);
+    ck_assert_int_eq(tr_pool_create(3, &rn->pool[2], &err), TR_OK);
+}
+
+static void runner_done(runner *rn)
+{
+    tr_pool_destroy(rn->pool[1]);
+    tr_pool_destroy(rn->pool[2]);
+    ck_assert_msg(rn->bad == 0, "%lu mismatches over %lu runs; first: %s", rn->bad, rn->cases, rn->first);
+}
+
+static const uint32_t DIMS[] = {1, 7, 15, 16, 17, 31, 33, 100, 129, 257};
+static const uint32_t GS[] = {16, 32, 64, 128, 256, 100};
+static const uint32_t MS[] = {1, 2, 5, 17};
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- equality with the reference ------------------------------------------------------------------------------- */
+
+/* Every b with every (O, I) pair of DIMS (valgrind: a subset); gs, M, signs and special values rotate. */
+START_TEST(test_shapes_all_bits)
+{
+    runner rn;
+    runner_init(&rn);
+    unsigned b = 2 + (unsigned)_i;
+    size_t nd = tr_test_under_valgrind() ? 6 : COUNT(DIMS);
+    for (size_t a = 0; a < nd; a++)
+        for (size_t d = 0; d < nd; d++) {
+            size_t k = a * nd + d;
+            uint32_t O = DIMS[tr_test_under_valgrind() ? a * 2 % COUNT(DIMS) : a];
+            uint32_t I = DIMS[tr_test_under_valgrind() ? d * 2 % COUNT(DIMS) : d];
+            uint32_t M = MS[k % COUNT(MS)];
+            if (O * I > 20000 && M == 17)
+                M = 5;
+            gcase c = {O, I, GS[(k + b) % COUNT(GS)], M, b, TR_ROT_NONE, (int)(k / 3 % 2),
+                       k % 5 == 4 ? VALUES_SPECIAL : VALUES_PLAIN, 1000u * b + k};
+            run_case(&rn, &c);
+        }
+    runner_done(&rn);
+}
+END_TEST
+
+/* Every group size (the SIMD paths need gs % 16 == 0, gs = 100 takes the portable path) with both sign kinds. */
+START_TEST(test_group_sizes)
+{
+    runner rn;
+    runner_init(&rn);
+    for (unsigned b = 2; b <= 8; b++)
+        for (size_t g = 0; g < COUNT(GS); g++)
+            for (int signs = 0; signs < 2; signs++) {
+                gcase c = {33, tr_test_under_valgrind() ? 300 : 700, GS[g], signs ? 2 : 1, b, TR_ROT_NONE, signs,
+                           VALUES_PLAIN, 77000u + 100u * b + 10u * g + (unsigned)signs};
+                run_case(&rn, &c);
+            }
+    runner_done(&rn);
+}
+END_TEST
+
+/* Tiny (W16 subnormal), huge (W16 = ±Inf), zero, NaN and Inf scales; x with NaN, Inf, subnormals, signed zeros. */
+START_TEST(test_special_values)
+{
+    runner rn;
+    runner_init(&rn);
+    for (unsigned b = 2; b <= 8; b++)
+        for (int v = 0; v < 4; v++) {
+            gcase c = {v & 1 ? 17 : 40, v & 2 ? 256 : 99, v & 2 ? 128 : 32, (unsigned)(1 + 4 * (v & 1)), b,
+                       v & 2 ? TR_ROT_HADAMARD128 : TR_ROT_NONE, v == 1 ? SIGNS_GENERAL : SIGNS_PM1,
+                       VALUES_SPECIAL, 5150u + 10u * b + (unsigned)v};
+            run_case(&rn, &c);
+        }
+    runner_done(&rn);
+}
+END_TEST
+
+/* Rotation hadamard128 (any su, sv: they are applied to x and after the sum). */
+START_TEST(test_hadamard)
+{
+    runner rn;
+    runner_init(&rn);
+    static const uint32_t Is[] = {128, 256, 384};
+    static const uint32_t Os[] = {1, 17, 33, 100};
+    for (unsigned b = 2; b <= 8; b++)
+        for (size_t a = 0; a < COUNT(Is); a++)
+            for (size_t o = 0; o < COUNT(Os); o++) {
+                size_t k = a * COUNT(Os) + o;
+                if (tr_test_under_valgrind() && k % 3)
+                    continue;
+                gcase c = {Os[o], Is[a], GS[(k + b) % COUNT(GS)], MS[k % 3], b, TR_ROT_HADAMARD128, (int)(k % 2),
+                           VALUES_PLAIN, 9100u + 20u * b + k};
+                run_case(&rn, &c);
+            }
+    runner_done(&rn);
+}
+END_TEST
+
+/* M = 17 (four 4-token blocks and a tail) and long rows with many groups; the benchmark shape 2048x1536. */
+START_TEST(test_prefill_and_long_rows)
+{
+    runner rn;
+    runner_init(&rn);
+    int vg = tr_test_under_valgrind();
+    for (unsigned b = 2; b <= 8; b++) {
+        gcase c1 = {vg ? 20 : 70, vg ? 300 : 1029, 64, 17, b, TR_ROT_NONE, (int)(b % 2), VALUES_PLAIN, 3300u + b};
+        run_case(&rn, &c1);
+        gcase c2 = {vg ? 16 : 129, vg ? 512 : 2048, 128, 1 + b % 3, b, TR_ROT_HADAMARD128, 1, VALUES_PLAIN,
+                    4400u + b};
+        run_case(&rn, &c2);
+    }
+    if (!vg)
+        for (unsigned b = 2; b <= 4; b++) {
+            gcase c = {2048, 1536, 128, 1, b, TR_ROT_NONE, SIGNS_PM1, VALUES_PLAIN, 5500u + b};
+            run_case(&rn, &c);
+        }
+    runner_done(&rn);
+}
+END_TEST
+
+/* The row-range API: any split of [0, O) into ranges gives the same bits as one call. */
+START_TEST(test_rows_api)
+{
+    unsigned long bad = 0;
+    for (unsigned b = 2; b <= 8; b += 3)
+        for (int lv = 0; lv < n_levels(); lv++) {
+            gcase c = {45, 200, 32, 3, b, TR_ROT_NONE, SIGNS_PM1, VALUES_PLAIN, 600u + b};
+            lin l;
+            lin_make(&l, &c);
+            float *x = make_x(&c);
+            tr_gemv_plan p;
+            tr_error err;
+            ck_assert_int_eq(tr_cpu_gemv_plan(&l.w, (tr_simd_level)lv, &p, &err), TR_OK);
+            ck_assert_int_eq(p.mode, TR_GEMV_FOLD);
+            ck_assert_int_eq(p.ldx, 208);
+            float *xp = tr_malloc_aligned((size_t)c.M * p.ldx * sizeof(float));
+            float *y1 = malloc(c.M * c.O * sizeof(float)), *y2 = malloc(c.M * c.O * sizeof(float));
+            tr_cpu_gemv_prepare(&p, x, c.M, xp);
+            tr_cpu_gemv_rows(&p, xp, c.M, 0, c.O, y1);
+            static const uint32_t cuts[] = {0, 1, 5, 6, 16, 19, 32, 44, 45};
+            for (size_t k = 0; k + 1 < COUNT(cuts); k++)
+                tr_cpu_gemv_rows(&p, xp, c.M, cuts[k], cuts[k + 1], y2);
+            tr_cpu_gemv_rows(&p, xp, c.M, 7, 7, y2);    /* empty range */
+            bad += count_diff(y1, y2, c.M * c.O);
+            tr_dealloc_aligned(xp);
+            free(y1);
+            free(y2);
+            free(x);
+            lin_drop(&l);
+        }
+    ck_assert_msg(bad == 0, "%lu row-range mismatches", bad);
+}
+END_TEST
+
+/* ---- the identities behind the fast paths ---------------------------------------------------------------------- */
+
+/* With su, sv ∈ {±1}: W16 = su·sv·RNh(RN32(grid[q]·S)) and the table form T = RNh(RN32(grid[q]·(S·sv))) gives
+ * widen(W16) = su·widen(T), for every index, scales of every kind (subnormal, overflow, zero, NaN, Inf). */
+START_TEST(test_identity_fold)
+{
+    unsigned long bad = 0;
+    tr_rng r;
+    tr_rng_seed(&r, 42);
+    for (unsigned b = 2; b <= 8; b++) {
+        const float *grid = tr_grid(b);
+        for (int n = 0; n < 20000; n++) {
+            unsigned q = (unsigned)tr_rng_int(&r, 0, (1 << b) - 1);
+            float s = special_or(&r, scale_value(&r, VALUES_SPECIAL));
+            float su = tr_rng_next(&r) >> 63 ? -1.0f : 1.0f, sv = tr_rng_next(&r) >> 63 ? -1.0f : 1.0f;
+            uint16_t w16 = tr_f32_to_f16(((grid[q] * s) * su) * sv);
+            uint16_t t = tr_f32_to_f16(grid[q] * (s * sv));
+            bad += !same(tr_f16_to_f32(w16), su * tr_f16_to_f32(t));
+        }
+    }
+    ck_assert_msg(bad == 0, "%lu fold identity failures", bad);
+}
+END_TEST
+
+/* fmaf(x·su, T, acc) = fmaf(x, T·su, acc) for su = ±1: the same exact product (special x, T and acc included). */
+START_TEST(test_identity_fma)
+{
+    unsigned long bad = 0;
+    tr_rng r;
+    tr_rng_seed(&r, 43);
+    for (int n = 0; n < 200000; n++) {
+        float x = special_or(&r, (float)tr_rng_normal(&r));
+        float t = special_or(&r, tr_f16_to_f32((uint16_t)tr_rng_int(&r, 0, 0xFFFF)));
+        float acc = special_or(&r, (float)tr_rng_normal(&r));
+        float su = tr_rng_next(&r) >> 63 ? -1.0f : 1.0f;
+        bad += !same(fmaf(x * su, t, acc), fmaf(x, t * su, acc));
+    }
+    ck_assert_msg(bad == 0, "%lu fma identity failures", bad);
+}
+END_TEST
+
+/* ---- errors, plan, detection --------------------------------------------------------------------------------- */
+
+START_TEST(test_errors)
+{
+    gcase c = {20, 40, 16, 2, 3, TR_ROT_NONE, SIGNS_PM1, VALUES_PLAIN, 7};
+    lin l;
+    lin_make(&l, &c);
+    float *x = make_x(&c);
+    float y[40], ref[40];
+    tr_error err;
+    for (int k = 0; k < 40; k++)
+        y[k] = ref[k] = -7.0f;
+    tr_qweight w = l.w;
+    w.bits = 4;
+    ck_assert_int_eq(tr_cpu_gemm_trellis(&w, x, 2, y, NULL, &err), TR_E_INVALID_PARAM);
+    ck_assert_int_eq(tr_ref_gemm_trellis(&w, x, 2, TR_ACC_F32, 0, ref, &err), TR_E_INVALID_PARAM);
+    w = l.w;
+    w.indices_len--;
+    ck_assert_int_eq(tr_cpu_gemm_trellis(&w, x, 2, y, NULL, &err), TR_E_INVALID_SHAPE);
+    ck_assert_ptr_nonnull(strstr(err.text, "gemm_trellis"));
+    w = l.w;
+    w.G = 1;
+    ck_assert_int_eq(tr_cpu_gemm_trellis(&w, x, 2, y, NULL, &err), TR_E_INVALID_SHAPE);
+    w = l.w;
+    w.rotation = TR_ROT_HADAMARD128;
+    ck_assert_int_eq(tr_cpu_gemm_trellis(&w, x, 2, y, NULL, &err), TR_E_INVALID_SHAPE);
+    for (int k = 0; k < 40; k++)
+        ck_assert(tr_f32_bits(y[k]) == tr_f32_bits(-7.0f));
+    ck_assert_int_eq(tr_cpu_gemm_trellis(&l.w, x, 0, y, NULL, &err), TR_OK);   /* M = 0: nothing to do */
+    tr_alloc_fail_at(1);
+    int rc = tr_cpu_gemm_trellis(&l.w, x, 2, y, NULL, &err);
+    tr_alloc_fail_at(0);
+    ck_assert_int_eq(rc, TR_E_NOMEM);
+    ck_assert(tr_f32_bits(y[0]) == tr_f32_bits(-7.0f));
+    free(x);
+    lin_drop(&l);
+}
+END_TEST
+
+START_TEST(test_plan_modes)
+{
+    gcase c = {20, 128, 32, 1, 4, TR_ROT_NONE, SIGNS_PM1, VALUES_PLAIN, 8};
+    lin l;
+    lin_make(&l, &c);
+    tr_gemv_plan p;
+    tr_error err;
+    ck_assert_int_eq(tr_cpu_gemv_plan(&l.w, TR_SIMD_AVX512, &p, &err), TR_OK);
+    ck_assert_int_eq(p.mode, TR_GEMV_FOLD);
+    ck_assert_int_eq(p.level, tr_simd_supported());
+    ck_assert_int_eq(p.lane_perm, p.level == TR_SIMD_AVX512);
+    l.su[5] = -0.0f * l.su[5];    /* a signed zero is not a sign */
+    ck_assert_int_eq(tr_cpu_gemv_plan(&l.w, TR_SIMD_AVX512, &p, &err), TR_OK);
+    ck_assert_int_eq(p.mode, TR_GEMV_GENERAL);
+    l.w.rotation = TR_ROT_HADAMARD128;
+    ck_assert_int_eq(tr_cpu_gemv_plan(&l.w, TR_SIMD_PORTABLE, &p, &err), TR_OK);
+    ck_assert_int_eq(p.mode, TR_GEMV_HAT);
+    ck_assert_int_eq(p.level, TR_SIMD_PORTABLE);
+    l.w.rotation = TR_ROT_NONE;
+    l.w.gs = 40;
+    l.w.G = 4;
+    ck_assert_int_eq(tr_cpu_gemv_plan(&l.w, TR_SIMD_AVX512, &p, &err), TR_OK);
+    ck_assert_int_eq(p.level, TR_SIMD_PORTABLE);
+    lin_drop(&l);
+}
+END_TEST
+
+START_TEST(test_detect)
+{
+    tr_simd_level lv;
+    for (int k = 0; k <= 2; k++) {
+        ck_assert_int_eq(tr_simd_parse(tr_simd_name((tr_simd_level)k), &lv), 0);
+        ck_assert_int_eq(lv, k);
+    }
+    ck_assert_int_eq(tr_simd_parse("sse9", &lv), -1);
+    const char *old = getenv("TR_SIMD");
+    char *saved = old ? strdup(old) : NULL;
+    tr_simd_level hw = tr_simd_supported();
+    setenv("TR_SIMD", "portable", 1);
+    ck_assert_int_eq(tr_simd_detect(), TR_SIMD_PORTABLE);
+    setenv("TR_SIMD", "avx2", 1);
+    ck_assert_int_eq(tr_simd_detect(), hw < TR_SIMD_AVX2 ? hw : TR_SIMD_AVX2);
+    setenv("TR_SIMD", "avx512", 1);
+    ck_assert_int_eq(tr_simd_detect(), hw);
+    setenv("TR_SIMD", "bogus", 1);
+    ck_assert_int_eq(tr_simd_detect(), hw);
+    if (saved) {
+        setenv("TR_SIMD", saved, 1);
+        free(saved);
+    } else
+        unsetenv("TR_SIMD");
+}
+END_TEST
+
+/* ---- thread pool ---------------------------------------------------------------------------------------------- */
+
+typedef struct count_ctx {
+    atomic_uint *hits;
+    atomic_uint calls;
+} count_ctx;
+
+static void count_task(void *ctx, size_t t)
+{
+    count_ctx *c = ctx;
+    atomic_fetch_add(&c->hits[t], 1);
+    atomic_fetch_add(&c->calls, 1);
+}
+
+START_TEST(test_pool)
+{
+    static const size_t tasks[] = {0, 1, 2, 3, 17, 1000};
+    unsigned long bad = 0;
+    for (unsigned n = 0; n <= 4; n++) {
+        tr_pool *p;
+        tr_error err;
+        ck_assert_int_eq(tr_pool_create(n, &p, &err), TR_OK);
+        ck_assert_uint_eq(tr_pool_threads(p), n ? n : tr_cpu_count());
+        int reps = tr_test_under_valgrind() ? 3 : 50;
+        for (int rep = 0; rep < reps; rep++)
+            for (size_t k = 0; k < COUNT(tasks); k++) {
+                atomic_uint hits[1000];
+                count_ctx c = {hits, 0};
+                for (size_t t = 0; t < 1000; t++)
+                    atomic_init(&hits[t], 0);
+                tr_pool_run(p, tasks[k], count_task, &c);
+                bad += atomic_load(&c.calls) != tasks[k];
+                for (size_t t = 0; t < 1000; t++)
+                    bad += atomic_load(&hits[t]) != (t < tasks[k]);
+            }
+        tr_pool_destroy(p);
+    }
+    tr_pool_destroy(NULL);
+    ck_assert_uint_eq(tr_pool_threads(NULL), 1);
+    ck_assert_msg(bad == 0, "%lu pool miscounts", bad);
+}
+END_TEST
+
+START_TEST(test_pool_nomem)
+{
+    tr_pool *p = (tr_pool *)&p;
+    tr_error err;
+    tr_alloc_fail_at(1);
+    int rc = tr_pool_create(3, &p, &err);
+    tr_alloc_fail_at(0);
+    ck_assert_int_eq(rc, TR_E_NOMEM);
+    ck_assert_ptr_null(p);
+}
+END_TEST
+
+Suite *suite_cpu_gemv(void)
+{
+    Suite *s = suite_create("cpu_gemv");
+    TCase *eq = tcase_create("equality");
+    tcase_set_timeout(eq, tr_test_under_valgrind() ? 1200 : 120);
+    tcase_add_loop_test(eq, test_shapes_all_bits, 0, 7);
+    tcase_add_test(eq, test_group_sizes);
+    tcase_add_test(eq, test_special_values);
+    tcase_add_test(eq, test_hadamard);
+    tcase_add_test(eq, test_prefill_and_long_rows);
+    tcase_add_test(eq, test_rows_api);
+    suite_add_tcase(s, eq);
+    TCase *misc = tcase_create("misc");
+    tcase_set_timeout(misc, tr_test_under_valgrind() ? 600 : 60);
+    tcase_add_test(misc, test_identity_fold);
+    tcase_add_test(misc, test_identity_fma);
+    tcase_add_test(misc, test_errors);
+    tcase_add_test(misc, test_plan_modes);
+    tcase_add_test(misc, test_detect);
+    tcase_add_test(misc, test_pool);
+    tcase_add_test(misc, test_pool_nomem);
+    suite_add_tcase(s, misc);
+    return s;
+}

@@ -22,7 +22,9 @@
     X(moe_select)    \
     X(moe_dispatch)  \
     X(nan_guard)     \
-    X(symbols)
+    X(symbols)       \
+    X(registry)      \
+    X(conform)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)

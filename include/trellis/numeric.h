@@ -29,6 +29,8 @@ float tr_dot_seqf(const float *a, const float *b, size_t n);       /* acc = fmaf
 float tr_dot_f16t(const float *a, const float *b, size_t n);       /* per 16-tile fmaf partial, then acc += p */
 /* H16T: operands rounded to f16 first; f16 partials per 16-tile with fmah, acc = RNh(acc + p).  Returns f16 bits. */
 uint16_t tr_dot_h16t(const float *a, const float *b, size_t n);
+/* The same over operands that are already f16 bit patterns. */
+uint16_t tr_dot_h16t_bits(const uint16_t *a, const uint16_t *b, size_t n);
 /* The L16 butterfly of 16 lane values: for s = 8, 4, 2, 1: q[l] += q[l + s] (l < s); returns q[0]. */
 float tr_l16_reduce(float q[16]);
 

@@ -76,8 +76,9 @@ typedef struct tr_buf {
     int accumulating;          /* outputs: zero-filled before launch instead of poisoned (KERNELS.md §2.5) */
 } tr_buf;
 
+/* Buffers by name; entries are allocated one by one so a tr_buf * stays valid while more are added. */
 typedef struct tr_bufs {
-    tr_buf *v;
+    tr_buf **v;
     int n, cap;
 } tr_bufs;
 
