@@ -45,7 +45,7 @@ LIBENGINE  := $(BUILD)/libtrellis_engine.a
 TRELLIS    := $(BUILD)/trellis
 TESTBIN    := $(BUILD)/run_tests
 
-.PHONY: all check run deps asan valgrind coverage check-long clean bench golden-verify check-unit
+.PHONY: all check run deps asan valgrind coverage check-long clean bench golden-verify check-unit conform-quick
 
 all: $(TRELLIS) $(TESTBIN)
 
@@ -93,10 +93,21 @@ deps:
 check: deps
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory golden-verify
+	$(MAKE) --no-print-directory conform-quick
 	$(MAKE) --no-print-directory check-unit
 
 golden-verify: $(TRELLIS)
 	$(TRELLIS) golden verify golden
+
+# Every op family and variant of the cpu backend, bitwise against the reference (HARNESS.md §7).
+conform-quick: $(TRELLIS)
+	$(TRELLIS) conform --backend cpu --quick --strict --no-progress --case-timeout 120
+
+# Benchmarks: per-case cpu/ref timings of the quick tier, and the decode GEMV kernels.
+bench: all
+	@mkdir -p reports/out
+	$(TRELLIS) conform --backend cpu --quick --bench --no-progress --json reports/out/bench-conform.json
+	$(TRELLIS) bench-kernels --json reports/out/bench-kernels.json
 
 check-unit: $(TESTBIN)
 	$(TESTBIN)
@@ -107,7 +118,7 @@ check-long: all
 run: deps
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory golden-verify
-	$(MAKE) --no-print-directory check-unit
+	$(MAKE) --no-print-directory conform-quick
 
 asan: deps
 	$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \

@@ -94,7 +94,6 @@ int capture_write_manifest(const char *dir, json_t *cases, tr_error *err)
     snprintf(pattern, sizeof pattern, "0x%08x", CONFORM_GUARD_PATTERN);
     json_t *m = json_object();
     json_object_set_new(m, "schema", json_string("trellis.capture/1"));
-    json_object_set_new(m, "tool_version", json_string(TR_VERSION));
     json_object_set_new(m, "guard_bytes", json_integer(CONFORM_GUARD_BYTES));
     json_object_set_new(m, "guard_pattern", json_string(pattern));
     json_object_set(m, "cases", cases);

@@ -69,7 +69,7 @@ typedef struct kind_handler {
 static const kind_handler handlers[] = {
     {"lut", golden_lut},           {"grid", golden_grid},         {"conversion", golden_conversion},
     {"packing", golden_packing},   {"hadamard", golden_hadamard}, {"bitstream", golden_bitstream},
-    {"checkpoint", golden_checkpoint},
+    {"checkpoint", golden_checkpoint}, {"op", golden_op},
 };
 
 static const kind_handler *find_handler(const char *kind)
@@ -156,10 +156,15 @@ static int verify_one(const char *gdir, json_t *fx, verdict *v)
         v->status = h == 1 ? "FAIL" : "ERROR";
         return h;
     }
-    if (strcmp(compare, "bitwise") != 0) {
+    if (strcmp(compare, "bitwise") != 0 && strcmp(compare, "bound") != 0) {
         v->status = "UNSUPPORTED";
         snprintf(v->detail, sizeof v->detail, "compare \"%s\" needs the op registry / engine (later milestone)",
                  compare);
+        return 0;
+    }
+    if (strcmp(compare, "bound") == 0 && strcmp(kind, "op") != 0) {
+        v->status = "UNSUPPORTED";
+        snprintf(v->detail, sizeof v->detail, "compare \"bound\" applies to op fixtures only");
         return 0;
     }
     const kind_handler *kh = find_handler(kind);
@@ -168,8 +173,7 @@ static int verify_one(const char *gdir, json_t *fx, verdict *v)
         snprintf(v->detail, sizeof v->detail, "kind \"%s\" has no recompute yet", kind);
         return 0;
     }
-    golden_ctx g = {gdir, fx, json_object_get(fx, "params"),
-                    golden_is_ref(fx)};
+    golden_ctx g = {gdir, fx, json_object_get(fx, "params"), golden_is_ref(fx), 0};
     products p = {0};
     char why[400] = "";
     int rc = kh->recompute(&g, &p, why, sizeof why);
@@ -364,7 +368,7 @@ static int gen(const char *gdir, const char *glob, int force)
             fprintf(cli_out, "skip %s (no generator for this kind)\n", id);
             continue;
         }
-        golden_ctx g = {gdir, fx, json_object_get(fx, "params"), 1};
+        golden_ctx g = {gdir, fx, json_object_get(fx, "params"), 1, 1};
         products p = {0};
         char why[400] = "";
         if (kh->recompute(&g, &p, why, sizeof why) != TR_OK) {

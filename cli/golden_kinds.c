@@ -6,6 +6,8 @@
  * them and the recompute checks them too, so a fixture can never drift away from the spec.
  */
 #include "golden_kinds.h"
+#include "conform.h"
+#include "trellis/registry.h"
 #include "trellis/alloc.h"
 #include "trellis/checkpoint.h"
 #include "trellis/codebook.h"
@@ -492,16 +494,16 @@ static int write_ref_checkpoint(const golden_ctx *g, const char *tmp, char *why,
 
 static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* Every regular file of tmp, in bytewise name order, as "<rel_dir>/<name>". */
-static int collect_dir(const char *tmp, const char *rel_dir, products *out, char *why, size_t wl)
+/* Every regular file under dir (recursively, names in bytewise order) as "<rel_dir>/<path>". */
+static int collect_tree(const char *dir, const char *rel_dir, products *out, char *why, size_t wl)
 {
-    DIR *d = opendir(tmp);
+    DIR *d = opendir(dir);
     if (!d)
-        return failf(why, wl, TR_E_IO, "cannot list %s", tmp);
-    char *names[256];
+        return failf(why, wl, TR_E_IO, "cannot list %s", dir);
+    char *names[4096];
     size_t n = 0;
     struct dirent *e;
-    while ((e = readdir(d)) != NULL && n < 256)
+    while ((e = readdir(d)) != NULL && n < 4096)
         if (e->d_name[0] != '.')
             names[n++] = tr_strdup(e->d_name);
     closedir(d);
@@ -509,20 +511,24 @@ static int collect_dir(const char *tmp, const char *rel_dir, products *out, char
     int rc = TR_OK;
     for (size_t k = 0; k < n; k++) {
         char rel[1024];
-        char *p = names[k] ? tr_path_join(tmp, names[k]) : NULL;
-        char *data = NULL;
-        size_t size = 0;
-        tr_error err;
+        char *p = names[k] ? tr_path_join(dir, names[k]) : NULL;
         if (rc == TR_OK && !p)
             rc = failf(why, wl, TR_E_NOMEM, "out of memory");
         if (rc == TR_OK) {
             snprintf(rel, sizeof rel, "%s/%s", rel_dir, names[k]);
-            if (tr_file_read_all(p, &data, &size, &err) != TR_OK)
-                rc = failf(why, wl, TR_E_IO, "cannot read back %s", names[k]);
-            else if (products_put(out, rel, "model", data, size) != TR_OK)
-                rc = failf(why, wl, TR_E_NOMEM, "out of memory");
+            if (tr_path_is_dir(p))
+                rc = collect_tree(p, rel, out, why, wl);
+            else {
+                char *data = NULL;
+                size_t size = 0;
+                tr_error err;
+                if (tr_file_read_all(p, &data, &size, &err) != TR_OK)
+                    rc = failf(why, wl, TR_E_IO, "cannot read back %s", names[k]);
+                else if (products_put(out, rel, "model", data, size) != TR_OK)
+                    rc = failf(why, wl, TR_E_NOMEM, "out of memory");
+                tr_dealloc(data);
+            }
         }
-        tr_dealloc(data);
         tr_dealloc(p);
         tr_dealloc(names[k]);
     }
@@ -557,9 +563,125 @@ int golden_checkpoint(const golden_ctx *g, products *out, char *why, size_t wl)
     snprintf(ckdir, sizeof ckdir, "%s/ckpt", tmp);
     int rc = write_ref_checkpoint(g, ckdir, why, wl);
     if (rc == TR_OK)
-        rc = collect_dir(ckdir, rel_dir, out, why, wl);
+        rc = collect_tree(ckdir, rel_dir, out, why, wl);
     if (rc == TR_OK)
         rc = expected_w16(ckdir, rel_dir, out, why, wl);
+    remove_tree(tmp);
+    return rc;
+}
+
+/* ---- op fixtures: trellis.capture/1 cases the reference produced (HARNESS.md §4) ------------------------------ */
+
+/* Write a capture of the listed cases, outputs from the reference, into dir. */
+static int write_op_capture(const golden_ctx *g, const char *dir, char *why, size_t wl)
+{
+    json_t *ids = json_object_get(g->params, "cases"), *entries = json_array();
+    uint64_t seed = (uint64_t)param_int(g, "seed", 1);
+    int rc = json_array_size(ids) ? TR_OK : failf(why, wl, TR_E_INPUT, "params.cases is empty");
+    for (size_t i = 0; rc == TR_OK && i < json_array_size(ids); i++) {
+        tr_case c;
+        tr_error err;
+        tr_bufs in = {0}, shapes = {0}, got = {0};
+        uint8_t *guarded[64] = {0};
+        if (tr_case_from_id(&c, jstr(json_array_get(ids, i)), seed, &err) != TR_OK ||
+            c.op->make(&c, &in, &shapes, &err) != TR_OK) {
+            rc = failf(why, wl, TR_E_INPUT, "%s", err.text);
+        } else {
+            c.index = i;
+            got.v = tr_calloc((size_t)shapes.n + 1, sizeof *got.v);
+            for (int k = 0; got.v && k < shapes.n && k < 64; k++) {   /* guarded, poisoned outputs as a kernel sees */
+                got.v[k] = tr_malloc(sizeof *got.v[k]);
+                guarded[k] = conform_guarded_alloc(shapes.v[k]->bytes);
+                if (!got.v[k] || !guarded[k])
+                    break;
+                *got.v[k] = *shapes.v[k];
+                got.v[k]->data = guarded[k] + CONFORM_GUARD_BYTES;
+                tr_poison_fill(got.v[k]);
+                got.n = k + 1;
+            }
+            if (got.n != shapes.n)
+                rc = failf(why, wl, TR_E_NOMEM, "out of memory");
+            else if (c.op->run(&c, NULL, &in, &got, &err) != TR_OK && err.code != TR_E_INVALID_EXPERT_ID)
+                rc = failf(why, wl, err.code, "%s", err.text);
+            json_t *e = rc == TR_OK ? capture_write_case(dir, i, &c, &in, &got, guarded, &err) : NULL;
+            if (rc == TR_OK && !e)
+                rc = failf(why, wl, err.code, "%s", err.text);
+            else if (e)
+                json_array_append_new(entries, e);
+        }
+        for (int k = 0; k < got.n; k++) {
+            tr_dealloc(guarded[k]);
+            tr_dealloc(got.v[k]);
+        }
+        tr_dealloc(got.v);
+        tr_bufs_free(&in);
+        tr_bufs_free(&shapes);
+    }
+    tr_error err;
+    if (rc == TR_OK && capture_write_manifest(dir, entries, &err) != TR_OK)
+        rc = failf(why, wl, err.code, "%s", err.text);
+    json_decref(entries);
+    return rc;
+}
+
+/* Judge the committed capture the way `conform --backend capture:DIR` does (compare "bound": TOLERANT variants). */
+static int judge_op_capture(const golden_ctx *g, const char *dir, char *why, size_t wl)
+{
+    json_t *manifest = NULL;
+    tr_error err;
+    if (capture_read_manifest(dir, &manifest, &err) != TR_OK)
+        return failf(why, wl, TR_E_IO, "%s", err.text);
+    json_t *cases = json_object_get(manifest, "cases");
+    int rc = TR_OK;
+    for (size_t i = 0; rc == TR_OK && i < json_array_size(cases); i++) {
+        json_t *e = json_array_get(cases, i);
+        tr_case c;
+        if (tr_case_from_id(&c, jstr(json_object_get(e, "case")), (uint64_t)json_integer_value(json_object_get(e,
+                                                                                                                  "seed")),
+                            &err) != TR_OK) {
+            rc = failf(why, wl, TR_E_INPUT, "%s", err.text);
+            break;
+        }
+        conform_source src = {NULL, e, dir};
+        conform_opts o = {"golden", 0, 1, NULL};
+        json_t *r = conform_exec(&c, &src, &o);
+        const char *status = jstr(json_object_get(r, "status"));
+        if (strcmp(status, "PASS") != 0)
+            rc = failf(why, wl, TR_E_INPUT, "%s: %s (%s)", c.id, status, jstr(json_object_get(r, "detail")));
+        json_decref(r);
+    }
+    json_decref(manifest);
+    (void)g;
+    return rc;
+}
+
+int golden_op(const golden_ctx *g, products *out, char *why, size_t wl)
+{
+    const char *rel_dir = param_str(g, "dir");
+    if (!rel_dir)
+        return failf(why, wl, TR_E_INPUT, "params.dir missing");
+    if (!strcmp(jstr(json_object_get(g->fixture, "compare")), "bound") && !g->generating) {
+        char *dir = tr_path_join(g->dir, rel_dir);
+        int rc = dir ? judge_op_capture(g, dir, why, wl) : failf(why, wl, TR_E_NOMEM, "out of memory");
+        tr_dealloc(dir);
+        if (rc != TR_OK || !g->regenerate)
+            return rc;
+    }
+    const char *base = getenv("TMPDIR");
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s/trellis-golden-XXXXXX", base && *base ? base : "/tmp");
+    if (!mkdtemp(tmp))
+        return failf(why, wl, TR_E_IO, "cannot create a temporary directory");
+    char cdir[4200];
+    snprintf(cdir, sizeof cdir, "%s/capture", tmp);
+    int rc = write_op_capture(g, cdir, why, wl);
+    size_t first = out->n;
+    if (rc == TR_OK)
+        rc = collect_tree(cdir, rel_dir, out, why, wl);
+    for (size_t i = first; rc == TR_OK && i < out->n; i++) {   /* roles: inputs, expected outputs, the manifest */
+        const char *base_name = strrchr(out->v[i].rel, '/') ? strrchr(out->v[i].rel, '/') + 1 : out->v[i].rel;
+        out->v[i].role = !strncmp(base_name, "in_", 3) ? "input" : !strncmp(base_name, "out_", 4) ? "expected" : "data";
+    }
     remove_tree(tmp);
     return rc;
 }

@@ -29,6 +29,7 @@ typedef struct golden_ctx {
     json_t *fixture;            /* the index entry */
     json_t *params;
     int regenerate;             /* generated_by "ref": rebuild inputs too */
+    int generating;             /* `golden gen` (files may not exist yet) rather than `golden verify` */
 } golden_ctx;
 
 int golden_is_ref(json_t *fixture);
@@ -41,5 +42,6 @@ int golden_packing(const golden_ctx *g, products *out, char *why, size_t whylen)
 int golden_hadamard(const golden_ctx *g, products *out, char *why, size_t whylen);
 int golden_bitstream(const golden_ctx *g, products *out, char *why, size_t whylen);
 int golden_checkpoint(const golden_ctx *g, products *out, char *why, size_t whylen);
+int golden_op(const golden_ctx *g, products *out, char *why, size_t whylen);
 
 #endif

@@ -3,19 +3,25 @@
  * attributes so that the rest of the project needs no -mavx flags.  Called only when cpuid/xgetbv report AVX-512
  * F/BW/VL/DQ/VBMI.
  *
- * One zmm accumulator holds the 16 L16 lanes of one (row, token).  A kernel call handles R = 4 rows × MT tokens
- * (MT = 1 for decode, 4 for prefill, weights decoded once per chunk and used for every token).  Per 16-weight chunk
+ * One zmm accumulator holds the 16 L16 lanes of one (row, token).  Decode (one token) runs whole tile rows with
+ * kern16: 16 accumulators in registers, the 16 per-group tables in memory (vpermps reads its table from memory),
+ * each column reading the tile's 32·b contiguous index bytes.  Rows outside whole tile rows, and prefill (4 tokens
+ * × 4 rows, or 8 tokens × 2 rows for b ≥ 6; weights decoded once per chunk and used for every token) run kern.
+ * Per 16-weight chunk
  * of a row (the row's 2b index bytes of one tile, FORMAT.md §4):
  *   b = 2  idx = vpsrlvd(bcast32(bytes), 2·d)              lane d: q_d in bits 0-1 (table replicated 4×)
- *   b = 3  idx = vpmultishiftqb(3·d, bcast64(bytes))        lane d: q_d in bits 0-2 (table replicated 2×)
+ *   b = 3  idx = vpmultishiftqb(3·d, bcast64(bytes))        lane d: q_d in bits 0-2 (table replicated 2×);
+ *          kern16 serves two rows with one vpshufb and two vpsrlvd (column16)
  *   b = 4  idx = vpsrlvq(bcast64(bytes), 4·k)               lane 2k: q_k, lane 2k+1: q_{k+8} (x prepared in this
  *                                                           lane order, accumulator un-permuted at the end)
  *   b ≥ 5  idx = vpsrlvd(vpshufb(bcast128(bytes), window), bit offset)  (b = 8: vpmovzxbd)
  *   w = vpermps(idx, T) (b ≤ 4), vpermt2ps (b = 5), else computed: RN32(RN32((q − (2^b−1)/2)·c)·S') then
  *       RNh/widen with vcvtps2ph/vcvtph2ps (RNE, bit-identical to fp16.h)
  *   acc = vfmadd231ps(w, x', acc)   — the last chunk with a lane mask (padding never contributes)
- * GENERAL mode keeps T = RN32(grid·S) and finishes each chunk with ((t·su)·sv) → RNh → widen.
- * The end of a row is the L16 butterfly: lanes 0-7 += 8-15, 0-3 += 4-7, 0-1 += 2-3, 0 += 1.
+ * Tables: T[q] = widen(RNh(RN32(grid[q]·S'))), S' = S·sv (FOLD) or S (HAT), per (row, group); kern16 builds those
+ * of b = 2 and 3 four resp. two rows per vector.  GENERAL mode keeps T = RN32(grid·S) and finishes each chunk with
+ * ((t·su)·sv) → RNh → widen.  The end of a row is the L16 butterfly: lanes 0-7 += 8-15, 0-3 += 4-7, 0-1 += 2-3,
+ * 0 += 1 (then RN32(sv·acc) for HAT).
  */
 #include "cpu_gemv.h"
 
@@ -31,7 +37,7 @@
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c")))
 #define KINLINE static inline __attribute__((always_inline)) T512
 
-enum { R = 4, MT_MAX = 4 };
+enum { R = 4, MT_MAX = 8 };   /* kern: at most R rows, at most MT_MAX tokens */
 
 /* Everything a kernel needs, computed once per tr_gemv_rows_avx512 call. */
 typedef struct kctx {
@@ -147,28 +153,29 @@ KINLINE __m512 su_chunk(const kctx *k, uint32_t c, const unsigned B)
     return B == 4 ? _mm512_permutexvar_ps(k->perm4, v) : v;
 }
 
-/* One chunk column c for R rows × MT tokens; idx bytes of row r at src[r]; mask = lanes that contribute. */
+/* One chunk column c for RR rows × MT tokens; idx bytes of row r at src[r]; mask = lanes that contribute. */
 KINLINE void column(const kctx *k, const uint8_t *const src[R], const rowtab tab[R], const __m512 svb[R],
-                    __m512 acc[R][MT_MAX], uint32_t c, uint32_t m0, __mmask16 mask, const unsigned B, const int MT,
-                    const int GEN)
+                    __m512 acc[R][MT_MAX], uint32_t c, uint32_t m0, __mmask16 mask, const unsigned B, const int RR,
+                    const int MT, const int GEN)
 {
     __m512 xv[MT_MAX];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MT; m++)
         xv[m] = _mm512_loadu_ps(k->xp + (size_t)(m0 + m) * k->ldx + (size_t)c * 16);
     __m512 suv = GEN ? su_chunk(k, c, B) : _mm512_setzero_ps();
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
+    for (int r = 0; r < RR; r++) {
         __m512 w = weights(k, extract(k, src[r], B), tab[r], suv, svb[r], B, GEN);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int m = 0; m < MT; m++)
             acc[r][m] = mask == 0xFFFF ? _mm512_fmadd_ps(w, xv[m], acc[r][m])
                                        : _mm512_mask3_fmadd_ps(w, xv[m], acc[r][m], mask);
     }
 }
 
-/* Rows rows[0..R) (duplicates allowed), tokens m0 .. m0+MT−1: the whole L16 reduction and the stores. */
-KINLINE void kern(const kctx *k, const uint32_t *rows, uint32_t m0, const unsigned B, const int MT, const int GEN)
+/* Rows rows[0..RR) (duplicates allowed), tokens m0 .. m0+MT−1: the whole L16 reduction and the stores. */
+KINLINE void kern(const kctx *k, const uint32_t *rows, uint32_t m0, const unsigned B, const int RR, const int MT,
+                  const int GEN)
 {
     const size_t TB = 32u * B;
     const uint8_t *base[R];
@@ -177,38 +184,38 @@ KINLINE void kern(const kctx *k, const uint32_t *rows, uint32_t m0, const unsign
     uint8_t stage[R][16];
     memset(stage, 0, sizeof stage);
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
+    for (int r = 0; r < RR; r++) {
         base[r] = k->body + (size_t)(rows[r] / TR_TILE) * k->TI * TB + (rows[r] % TR_TILE) * 2u * B;
         svb[r] = _mm512_set1_ps(k->sv[rows[r]]);
         memcpy(stage[r], base[r] + (size_t)(k->TI - 1) * TB, 2u * B);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int m = 0; m < MT; m++)
             acc[r][m] = _mm512_setzero_ps();
     }
     for (uint32_t g = 0; g < k->G; g++) {
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < RR; r++)
             tab[r] = make_table(k, rows[r], g, B, GEN);
         uint32_t c0 = g * k->cpg, c1 = c0 + k->cpg < k->TI ? c0 + k->cpg : k->TI;
         uint32_t cend = c1 == k->TI ? c1 - 1 : c1;
         for (uint32_t c = c0; c < cend; c++) {
             const uint8_t *src[R];
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
+            for (int r = 0; r < RR; r++)
                 src[r] = base[r] + (size_t)c * TB;
-            column(k, src, tab, svb, acc, c, m0, 0xFFFF, B, MT, GEN);
+            column(k, src, tab, svb, acc, c, m0, 0xFFFF, B, RR, MT, GEN);
         }
         if (c1 == k->TI) {
             const uint8_t *src[R];
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
+            for (int r = 0; r < RR; r++)
                 src[r] = stage[r];
-            column(k, src, tab, svb, acc, c1 - 1, m0, k->tail, B, MT, GEN);
+            column(k, src, tab, svb, acc, c1 - 1, m0, k->tail, B, RR, MT, GEN);
         }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
+    for (int r = 0; r < RR; r++)
+#pragma GCC unroll 8
         for (int m = 0; m < MT; m++) {
             __m512 q = B == 4 ? _mm512_permutexvar_ps(k->unperm4, acc[r][m]) : acc[r][m];
             float y = l16_reduce(q);
@@ -351,12 +358,16 @@ static const kern16_fn kerns16[7][2] = {K16ROW(2), K16ROW(3), K16ROW(4), K16ROW(
 
 typedef void (*kern_fn)(const kctx *k, const uint32_t *rows, uint32_t m0);
 
-#define KDEF(B, MT, GEN)                                                                                            \
+/* Token blocks: kind 0 = 1 token × 4 rows (decode tails), 1 = 4 tokens × 4 rows, 2 = 8 tokens × 2 rows (16
+ * accumulators each).  Kind 2 only pays for b ≥ 6, where decoding a chunk costs more than its FMAs; for b ≤ 5 its
+ * doubled reads of x (from L2 for long rows) make it slower than kind 1. */
+static const unsigned KIND_TOKENS[3] = {1, 4, 8}, KIND_ROWS[3] = {4, 4, 2};
+#define KDEF(B, MT, RR, GEN)                                                                                        \
     static T512 void kern_##B##_##MT##_##GEN(const kctx *k, const uint32_t *rows, uint32_t m0)                     \
     {                                                                                                               \
-        kern(k, rows, m0, B, MT, GEN);                                                                              \
+        kern(k, rows, m0, B, RR, MT, GEN);                                                                          \
     }
-#define KDEF_B(B) KDEF(B, 1, 0) KDEF(B, 1, 1) KDEF(B, 4, 0) KDEF(B, 4, 1)
+#define KDEF_B(B) KDEF(B, 1, 4, 0) KDEF(B, 1, 4, 1) KDEF(B, 4, 4, 0) KDEF(B, 4, 4, 1) KDEF(B, 8, 2, 0) KDEF(B, 8, 2, 1)
 KDEF_B(2)
 KDEF_B(3)
 KDEF_B(4)
@@ -364,8 +375,8 @@ KDEF_B(5)
 KDEF_B(6)
 KDEF_B(7)
 KDEF_B(8)
-#define KROW(B) {{kern_##B##_1_0, kern_##B##_1_1}, {kern_##B##_4_0, kern_##B##_4_1}}
-static const kern_fn kerns[7][2][2] = {KROW(2), KROW(3), KROW(4), KROW(5), KROW(6), KROW(7), KROW(8)};
+#define KROW(B) {{kern_##B##_1_0, kern_##B##_1_1}, {kern_##B##_4_0, kern_##B##_4_1}, {kern_##B##_8_0, kern_##B##_8_1}}
+static const kern_fn kerns[7][3][2] = {KROW(2), KROW(3), KROW(4), KROW(5), KROW(6), KROW(7), KROW(8)};
 
 /* Extraction constants per b (see the header comment). */
 static T512 void init_extract(kctx *k)
@@ -459,46 +470,43 @@ static T512 void init_ctx(kctx *k, const tr_gemv_plan *p, const float *Xp, float
 }
 
 /* Rows [o0, o1) in blocks of R (the last block repeats its last row), tokens in blocks of 4 then one by one. */
-static T512 void rows_blocks(const kctx *k, kern_fn f, uint32_t o0, uint32_t o1, uint32_t m0)
+/* Rows [o0, o1) in blocks of rr (the last block repeats its last row). */
+static T512 void rows_blocks(const kctx *k, kern_fn f, unsigned rr, uint32_t o0, uint32_t o1, uint32_t m0)
 {
-    for (uint32_t o = o0; o < o1; o += R) {
+    for (uint32_t o = o0; o < o1; o += rr) {
         uint32_t rows[R];
-        for (unsigned r = 0; r < R; r++)
+        for (unsigned r = 0; r < rr; r++)
             rows[r] = o + r < o1 ? o + r : o1 - 1;
         f(k, rows, m0);
     }
 }
 
-/* One token (mt4 = 0: whole tile rows with kern16, the rest by blocks of 4) or four tokens (mt4 = 1). */
-static T512 void rows_tokens(const kctx *k, uint32_t o0, uint32_t o1, uint32_t m0, int mt4)
+/* Tokens m0 .. of one block kind over rows [o0, o1); one token runs whole tile rows with kern16. */
+static T512 void rows_tokens(const kctx *k, uint32_t o0, uint32_t o1, uint32_t m0, int kind)
 {
     int gen = k->mode == TR_GEMV_GENERAL;
-    kern_fn f = kerns[k->b - 2][mt4][gen];
-    if (mt4) {
-        rows_blocks(k, f, o0, o1, m0);
-        return;
-    }
+    kern_fn f = kerns[k->b - 2][kind][gen];
     uint32_t a = (o0 + 15) / 16 * 16, e = o1 / 16 * 16;
-    if (a >= e) {
-        rows_blocks(k, f, o0, o1, m0);
+    if (kind || a >= e) {
+        rows_blocks(k, f, KIND_ROWS[kind], o0, o1, m0);
         return;
     }
-    rows_blocks(k, f, o0, a, m0);
+    rows_blocks(k, f, KIND_ROWS[0], o0, a, m0);
     for (uint32_t o = a; o < e; o += 16)
         kerns16[k->b - 2][gen](k, o, m0);
-    rows_blocks(k, f, e, o1, m0);
+    rows_blocks(k, f, KIND_ROWS[0], e, o1, m0);
 }
 
+/* Tokens in blocks of 8 (b ≥ 6), then 4, then one by one. */
 T512 void tr_gemv_rows_avx512(const tr_gemv_plan *plan, const float *Xp, uint32_t M, uint32_t o0, uint32_t o1,
                               float *Y)
 {
     kctx k;
     init_ctx(&k, plan, Xp, Y);
     uint32_t m = 0;
-    for (; M - m >= 4; m += 4)
-        rows_tokens(&k, o0, o1, m, 1);
-    for (; m < M; m++)
-        rows_tokens(&k, o0, o1, m, 0);
+    for (int kind = k.b >= 6 ? 2 : 1; kind >= 0; kind--)
+        for (; M - m >= KIND_TOKENS[kind]; m += KIND_TOKENS[kind])
+            rows_tokens(&k, o0, o1, m, kind);
 }
 
 #else

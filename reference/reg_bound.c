@@ -13,7 +13,7 @@ double reg_unit(const tr_case *c) { return tr_case_acc_f16(c) ? ldexp(1.0, -11) 
 
 double reg_eta(const tr_case *c)
 {
-    int relaxed = strcmp(c->variant->backend, "metal") == 0;   /* Metal relaxed math may flush subnormals */
+    int relaxed = c->metal;   /* Metal relaxed math may flush subnormals */
     if (tr_case_acc_f16(c))
         return relaxed ? ldexp(1.0, -14) : ldexp(1.0, -25);
     return relaxed ? ldexp(1.0, -126) : ldexp(1.0, -150);

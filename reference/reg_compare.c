@@ -11,12 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-int tr_case_acc_f16(const tr_case *c)
-{
-    if (strcmp(c->variant->backend, "ref") && strcmp(c->variant->backend, "cpu"))
-        return c->variant->acc_f16;
-    return tr_params_is(&c->params, "acc", "f16");
-}
+int tr_case_acc_f16(const tr_case *c) { return c->acc_f16; }
 
 tr_class tr_case_class(const tr_case *c)
 {

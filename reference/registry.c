@@ -196,6 +196,9 @@ int tr_case_init(tr_case *c, const tr_opdef *op, const tr_variant *v, const char
     if (n < 0 || (size_t)n >= sizeof c->id)
         return TR_E_INVALID_PARAM;
     c->seed = tr_splitmix64(master ^ tr_fnv1a64_str(c->id));
+    c->metal = strcmp(v->backend, "metal") == 0;
+    c->acc_f16 = strcmp(v->backend, "ref") && strcmp(v->backend, "cpu") ? v->acc_f16
+                                                                        : tr_params_is(&c->params, "acc", "f16");
     return TR_OK;
 }
 

@@ -8,6 +8,7 @@
  * with the seed of the first failing case.
  */
 #include "tests.h"
+#include "cli_run.h"
 #include "../engine/cpu_gemv.h"
 #include "../engine/pool.h"
 #include "trellis/alloc.h"
@@ -17,6 +18,7 @@
 #include "trellis/pack.h"
 #include "trellis/rng.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -95,10 +97,15 @@ static void lin_make(lin *l, const gcase *c)
         l->q[k] = (uint8_t)tr_rng_int(&r, 0, (1 << c->b) - 1);
     for (size_t k = 0; k < (size_t)G * c->O; k++)
         l->s[k] = scale_value(&r, c->values);
-    for (uint32_t k = 0; k < c->I; k++)
-        l->su[k] = sign_value(&r, c->signs);
-    for (uint32_t k = 0; k < c->O; k++)
-        l->sv[k] = sign_value(&r, c->signs);
+    int special_signs = c->signs == SIGNS_GENERAL && c->values == VALUES_SPECIAL;
+    for (uint32_t k = 0; k < c->I; k++) {
+        float v = sign_value(&r, c->signs);
+        l->su[k] = special_signs ? special_or(&r, v) : v;
+    }
+    for (uint32_t k = 0; k < c->O; k++) {
+        float v = sign_value(&r, c->signs);
+        l->sv[k] = special_signs ? special_or(&r, v) : v;
+    }
     tr_pack_indices(l->q, c->O, c->I, c->b, l->packed);
     l->w = (tr_qweight){c->O, c->I, c->b, c->gs, G, c->rot, l->packed, plen, l->s, l->su, l->sv};
 }
@@ -300,6 +307,31 @@ START_TEST(test_prefill_and_long_rows)
             gcase c = {2048, 1536, 128, 1, b, TR_ROT_NONE, SIGNS_PM1, VALUES_PLAIN, 5500u + b};
             run_case(&rn, &c);
         }
+    runner_done(&rn);
+}
+END_TEST
+
+/* Random cases over the whole parameter space (shape, b, gs, signs, rotation, M, special values). */
+START_TEST(test_random_cases)
+{
+    runner rn;
+    runner_init(&rn);
+    tr_rng r;
+    tr_rng_seed(&r, 20240611);
+    int n = tr_test_under_valgrind() ? 12 : 150;
+    for (int k = 0; k < n; k++) {
+        gcase c;
+        c.rot = tr_rng_int(&r, 0, 3) == 0 ? TR_ROT_HADAMARD128 : TR_ROT_NONE;
+        c.O = (uint32_t)tr_rng_int(&r, 1, 80);
+        c.I = c.rot == TR_ROT_HADAMARD128 ? 128u * (uint32_t)tr_rng_int(&r, 1, 3) : (uint32_t)tr_rng_int(&r, 1, 400);
+        c.b = (unsigned)tr_rng_int(&r, 2, 8);
+        c.gs = tr_rng_int(&r, 0, 3) ? 16u * (uint32_t)tr_rng_int(&r, 1, 12) : (uint32_t)tr_rng_int(&r, 1, 300);
+        c.M = (uint32_t)tr_rng_int(&r, 1, 9);
+        c.signs = (int)tr_rng_int(&r, 0, 1);
+        c.values = (int)tr_rng_int(&r, 0, 1);
+        c.seed = tr_rng_next(&r);
+        run_case(&rn, &c);
+    }
     runner_done(&rn);
 }
 END_TEST
@@ -527,6 +559,46 @@ START_TEST(test_pool_nomem)
 }
 END_TEST
 
+/* ---- trellis bench-kernels ------------------------------------------------------------------------------------- */
+
+START_TEST(test_bench_cli)
+{
+    cli_result r = cli_run("bench-kernels", "--shape", "40x300", "--reps", "2", "--threads", "2", "--json", NULL);
+    ck_assert_msg(r.status == 0, "status %d: %s", r.status, r.err);
+    json_error_t je;
+    json_t *doc = json_loads(r.out, 0, &je);
+    ck_assert_ptr_nonnull(doc);
+    ck_assert_str_eq(json_string_value(json_object_get(doc, "schema")), "trellis.bench_kernels/1");
+    json_t *res = json_object_get(doc, "results");
+    ck_assert_uint_eq(json_array_size(res), 3);
+    for (size_t k = 0; k < 3; k++) {
+        json_t *e = json_array_get(res, k);
+        ck_assert(json_is_true(json_object_get(e, "bitwise_equal")));
+        ck_assert_int_eq(json_integer_value(json_object_get(e, "bits")), (json_int_t)(2 + k));
+        ck_assert_int_eq(json_integer_value(json_object_get(e, "reps")), 2);
+        ck_assert(json_real_value(json_object_get(e, "median_us")) > 0);
+    }
+    ck_assert_ptr_nonnull(strstr(r.err, "bitwise equal"));   /* the table goes to stderr with --json - */
+    json_decref(doc);
+    cli_result_free(&r);
+    r = cli_run("bench-kernels", "--shape", "17x33", "--reps", "1", "--simd", "portable", NULL);
+    ck_assert_msg(r.status == 0, "status %d: %s", r.status, r.err);
+    ck_assert_ptr_nonnull(strstr(r.out, "portable"));
+    cli_result_free(&r);
+    static const char *bad[][2] = {{"--simd", "sse"}, {"--shape", "0x4"}, {"--reps", "0"}, {"--threads", "x"},
+                                   {"--frob", "1"}};
+    for (size_t k = 0; k < COUNT(bad); k++) {
+        r = cli_run("bench-kernels", bad[k][0], bad[k][1], NULL);
+        ck_assert_int_eq(r.status, 2);
+        cli_result_free(&r);
+    }
+    r = cli_run("bench-kernels", "--help", NULL);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "Usage: trellis bench-kernels"));
+    cli_result_free(&r);
+}
+END_TEST
+
 Suite *suite_cpu_gemv(void)
 {
     Suite *s = suite_create("cpu_gemv");
@@ -537,6 +609,7 @@ Suite *suite_cpu_gemv(void)
     tcase_add_test(eq, test_special_values);
     tcase_add_test(eq, test_hadamard);
     tcase_add_test(eq, test_prefill_and_long_rows);
+    tcase_add_test(eq, test_random_cases);
     tcase_add_test(eq, test_rows_api);
     suite_add_tcase(s, eq);
     TCase *misc = tcase_create("misc");
@@ -548,6 +621,7 @@ Suite *suite_cpu_gemv(void)
     tcase_add_test(misc, test_detect);
     tcase_add_test(misc, test_pool);
     tcase_add_test(misc, test_pool_nomem);
+    tcase_add_test(misc, test_bench_cli);
     suite_add_tcase(s, misc);
     return s;
 }

@@ -147,6 +147,8 @@ struct tr_case {
     uint64_t master_seed;
     uint64_t seed;             /* C = splitmix64(S ^ fnv1a64(case id)) */
     uint64_t index;            /* enumeration number (fixes shards) */
+    int acc_f16;               /* accumulation format (tr_case_acc_f16), fixed at init */
+    int metal;                 /* the variant runs on a Metal backend */
     char id[TR_CASE_ID_MAX];
 };
 
