@@ -30,6 +30,10 @@
 
 static const char *const CMD = "conform";
 
+/* The whole case (generation, reference, bounds, backend) gets this long before its worker is killed; the backend's
+ * run alone is held to --case-timeout inside the worker. */
+#define CONFORM_WATCHDOG(t) ((t) + 600.0)
+
 typedef struct conform_args {
     const char *backends[8];
     int nbackends;
@@ -130,26 +134,11 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Test hook (docs/decisions.md): TR_CONFORM_FAULT="crash:GLOB" or "hang:GLOB" makes the worker of every case whose
- * id matches GLOB abort or spin, so tests can prove crash and timeout isolation without a broken backend. */
-static void injected_fault(const tr_case *c)
-{
-    const char *f = getenv("TR_CONFORM_FAULT");
-    if (!f)
-        return;
-    if (!strncmp(f, "crash:", 6) && fnmatch(f + 6, c->id, 0) == 0)
-        abort();
-    if (!strncmp(f, "hang:", 5) && fnmatch(f + 5, c->id, 0) == 0)
-        for (;;)
-            pause();
-}
-
 /* Child: create the backend (threads must not cross fork), run the case, write one JSON line, exit. */
 static void child_run(run_state *s, const tr_case *c, json_t *capture_case, int fd)
 {
-    injected_fault(c);
     conform_source src = {NULL, capture_case, s->capture_dir};
-    conform_opts o = {s->backend, s->a->bench, s->a->reps, s->a->capture_out};
+    conform_opts o = {s->backend, s->a->bench, s->a->reps, s->a->capture_out, s->a->case_timeout};
     tr_error err;
     json_t *res;
     if (!capture_case && tr_backend_create(s->backend, 0, &src.be, &err) != TR_OK) {
@@ -252,7 +241,10 @@ static void finish_worker(run_state *s, int i, const char *status_override, cons
         char d[160];
         if (status_override)
             snprintf(d, sizeof d, "%s", detail);
-        else if (WIFSIGNALED(st))
+        else if (WIFEXITED(st) && WEXITSTATUS(st) == CONFORM_EXIT_TIMEOUT) {
+            snprintf(d, sizeof d, "the backend ran over the %.3g s case limit (--case-timeout)", s->a->case_timeout);
+            status_override = "TIMEOUT";
+        } else if (WIFSIGNALED(st))
             snprintf(d, sizeof d, "worker process died with signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
         else
             snprintf(d, sizeof d, "worker process exited with status %d and no result", WEXITSTATUS(st));
@@ -298,8 +290,9 @@ static void reap(run_state *s)
             }
             finish_worker(s, i, NULL, NULL);
         } else if (now_s() > w->deadline) {
-            char d[96];
-            snprintf(d, sizeof d, "wall time over the %.3g s case limit (--case-timeout)", s->a->case_timeout);
+            char d[128];
+            snprintf(d, sizeof d, "the case ran over its %.0f s watchdog (inputs, reference and backend)",
+                     CONFORM_WATCHDOG(s->a->case_timeout));
             finish_worker(s, i, "TIMEOUT", d);
         }
     }
@@ -339,7 +332,7 @@ static int dispatch(run_state *s, const tr_case *c, json_t *capture_case)
         child_run(s, &s->cases[slot], capture_case, fds[1]);
     }
     close(fds[1]);
-    s->w[s->nw++] = (worker){pid, fds[0], slot, NULL, 0, 0, now_s() + s->a->case_timeout};
+    s->w[s->nw++] = (worker){pid, fds[0], slot, NULL, 0, 0, now_s() + CONFORM_WATCHDOG(s->a->case_timeout)};
     return TR_OK;
 }
 
@@ -481,6 +474,58 @@ static int write_results(run_state *s, const char *path, const char *started, un
     int rc = cli_write_json(CMD, path, doc, mark);
     json_decref(doc);
     return rc;
+}
+
+/* --bench: per op family, the median backend and reference times over its cases and their ratio. */
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_of(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_dbl);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void bench_summary(const run_state *s)
+{
+    double *t = tr_malloc((s->n + 1) * sizeof *t), *rt = tr_malloc((s->n + 1) * sizeof *rt);
+    if (!t || !rt) {
+        tr_dealloc(t);
+        tr_dealloc(rt);
+        return;
+    }
+    fprintf(cli_out, "%-22s %6s %12s %12s %9s %14s %9s\n", "op family", "cases", "median us", "ref med us",
+            "ref/cpu", "largest ref us", "ref/cpu");
+    for (size_t oi = 0; oi < tr_registry_count(); oi++) {
+        const char *op = tr_registry_op(oi)->name;
+        size_t n = 0;
+        double big_t = 0, big_r = -1;   /* the case the reference takes longest on (a realistic shape) */
+        for (size_t i = 0; i < s->n; i++) {
+            json_t *r = s->results[i];
+            json_t *a = json_object_get(r, "time_us"), *b = json_object_get(r, "ref_time_us");
+            const char *rop = json_string_value(json_object_get(r, "op"));
+            if (!rop || strcmp(rop, op) || !json_is_number(a) ||
+                !json_is_number(b))
+                continue;
+            t[n] = json_number_value(a);
+            rt[n] = json_number_value(b);
+            if (rt[n] > big_r) {
+                big_r = rt[n];
+                big_t = t[n];
+            }
+            n++;
+        }
+        if (n == 0)
+            continue;
+        double mt = median_of(t, n), mr = median_of(rt, n);
+        fprintf(cli_out, "%-22s %6zu %12.1f %12.1f %8.1fx %14.1f %8.1fx\n", op, n, mt, mr, mt > 0 ? mr / mt : 0.0,
+                big_r, big_t > 0 ? big_r / big_t : 0.0);
+    }
+    tr_dealloc(t);
+    tr_dealloc(rt);
 }
 
 /* ---- main -------------------------------------------------------------------------------------------------------- */
@@ -665,6 +710,8 @@ static int run_backend(const conform_args *a, const char *backend)
     for (int v = 0; v < TR_VERDICT_COUNT && out == CLI_OK; v++)
         if (s.counts[v] && is_failure(a, v))
             out = CLI_FAILURES;
+    if (a->bench)
+        bench_summary(&s);
     char *path = json_path_for(a, backend);
     if (path) {
         int w = write_results(&s, path, started, mark);

@@ -25,7 +25,11 @@ typedef struct conform_opts {
     const char *backend_name;  /* as given: "cpu", "ref", "capture:DIR" */
     int bench, reps;
     const char *capture_out;   /* write a capture of each case here (NULL = no) */
+    double kernel_timeout;     /* seconds the backend's run may take (0 = no limit): the process exits with
+                                  CONFORM_EXIT_TIMEOUT when it runs over */
 } conform_opts;
+
+#define CONFORM_EXIT_TIMEOUT 124
 
 /* Run one case and return its result object (schema of HARNESS.md §3 "results" entries). */
 json_t *conform_exec(const tr_case *c, const conform_source *src, const conform_opts *o);

@@ -9,10 +9,15 @@
 #include "trellis/alloc.h"
 #include "trellis/jsonio.h"
 
+#include <fnmatch.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_us(void)
 {
@@ -171,6 +176,40 @@ static int compute_expect(const tr_case *c, const tr_bufs *in, const tr_bufs *sh
             return rc;
     }
     return TR_OK;
+}
+
+/* ---- the kernel window: --case-timeout and the fault-injection hook ---------------------------------------- */
+
+static void on_kernel_timeout(int sig)
+{
+    (void)sig;
+    _exit(CONFORM_EXIT_TIMEOUT);   /* the runner turns this exit status into TIMEOUT */
+}
+
+static void kernel_alarm(double seconds)
+{
+    struct itimerval t = {{0, 0}, {(time_t)seconds, (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6)}};
+    if (seconds > 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_kernel_timeout;
+        sigaction(SIGALRM, &sa, NULL);
+    }
+    setitimer(ITIMER_REAL, &t, NULL);   /* seconds = 0 disarms */
+}
+
+/* Test hook (docs/decisions.md): TR_CONFORM_FAULT="crash:GLOB" or "hang:GLOB" makes the backend run of every case
+ * whose id matches GLOB abort or spin, so tests prove crash and timeout isolation without a broken backend. */
+static void injected_fault(const tr_case *c)
+{
+    const char *f = getenv("TR_CONFORM_FAULT");
+    if (!f)
+        return;
+    if (!strncmp(f, "crash:", 6) && fnmatch(f + 6, c->id, 0) == 0)
+        abort();
+    if (!strncmp(f, "hang:", 5) && fnmatch(f + 5, c->id, 0) == 0)
+        for (;;)
+            pause();
 }
 
 /* Outputs of a live backend: guarded, poisoned (or zeroed when accumulating) buffers. */
@@ -340,9 +379,12 @@ json_t *conform_exec(const tr_case *c, const conform_source *src, const conform_
             goto done;
         }
         tr_error_clear(&err);
+        kernel_alarm(o->kernel_timeout);
         t0 = now_us();
+        injected_fault(c);
         rc = c->op->run(c, src->be, &in, &got, &err);
         t_us = now_us() - t0;
+        kernel_alarm(0);
     } else
         rc = -1;   /* a capture: no return code */
     if (e.status != TR_OK)

@@ -257,6 +257,12 @@ KINLINE void tables16(const kctx *k, const float *smem, __m512 tmem[16][2], cons
         }
 }
 
+static inline void prefetch_tile(const uint8_t *p)
+{
+    _mm_prefetch((const char *)p, _MM_HINT_T0);
+    _mm_prefetch((const char *)(p + 64), _MM_HINT_T0);
+}
+
 /* smem = S' of group g for rows o0 .. o0+15, and their tables. */
 KINLINE void group_tables16(const kctx *k, uint32_t o0, uint32_t g, float *smem, __m512 tmem[16][2], const unsigned B,
                             const int GEN)
@@ -323,6 +329,8 @@ KINLINE void kern16(const kctx *k, uint32_t o0, uint32_t m0, const unsigned B, c
         uint32_t cend = c1 == k->TI ? c1 - 1 : c1;
         for (uint32_t c = c0; c < cend; c++) {
             __m512 suv = GEN ? su_chunk(k, c, B) : _mm512_setzero_ps();
+            if (c + 8 < k->TI)    /* the tile 8 columns ahead, both cache lines (helps b = 2, 3) */
+                prefetch_tile(base + (size_t)(c + 8) * TB);
             column16(k, base + (size_t)c * TB, acc, tmem, smem, o0, _mm512_loadu_ps(xp + (size_t)c * 16), suv, 0,
                      B, GEN);
         }

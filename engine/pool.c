@@ -1,12 +1,14 @@
 /*
  * pool.c — the persistent pthread pool of pool.h.
  *
- * One 64-bit ticket holds the job generation (high 32 bits) and the next unclaimed task (low 32 bits).  A run writes
+ * One 64-bit ticket holds the job generation (high 32 bits) and the next unclaimed task (low 32 bits).  A run first
+ * closes the previous job (ticket (g, CLOSED): no compare-and-swap expecting (g, t) can succeed any more), then writes
  * the job (fn, ctx, n_tasks), zeroes the done counter and publishes ticket (g+1, 0) under the mutex, waking sleeping
  * workers.  Anyone (workers and the caller) claims a task by compare-and-swap of the ticket (g, t) -> (g, t+1) with
- * t < n_tasks, runs it and counts it done; the caller returns when all n_tasks are done.  A worker that wakes late
- * reads the job fields and then fails its compare-and-swap if the generation moved on, so it never runs a stale job,
- * and the caller never waits for a worker that holds no task (a descheduled worker cannot stall a run).
+ * t < n_tasks, runs it and counts it done; the caller returns when all n_tasks are done.  A claimer reads the ticket,
+ * then the job fields, then compare-and-swaps (all sequentially consistent): if it read any field of a newer job, the
+ * close came before that write, so its compare-and-swap fails; it never runs a task of a job it did not read.  The
+ * caller never waits for a worker that holds no task (a descheduled worker cannot stall a run).
  * Waiting (workers for a job, the caller for completion) spins for SPIN_NS first, then sleeps on a condition variable.
  */
 #include "pool.h"
@@ -19,6 +21,7 @@
 #include <unistd.h>
 
 #define SPIN_NS 200000L   /* 200 µs: longer than the gap between back-to-back decode calls */
+#define CLOSED UINT32_MAX  /* ticket index of a closed job */
 
 struct tr_pool {
     unsigned n;                         /* threads including the caller */
@@ -86,26 +89,25 @@ static int spin_until(const tr_pool *p, int (*cond)(const tr_pool *, uint32_t), 
 /* Claim and run tasks of generation gen until none is left or the generation changed. */
 static void run_claimed(tr_pool *p, uint32_t gen)
 {
-    uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+    uint64_t t = atomic_load(&p->ticket);
     for (;;) {
         if (gen_of(t) != gen)
             return;
-        tr_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
-        void *ctx = atomic_load_explicit(&p->ctx, memory_order_relaxed);
-        size_t n = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
+        tr_pool_fn fn = atomic_load(&p->fn);
+        void *ctx = atomic_load(&p->ctx);
+        size_t n = atomic_load(&p->n_tasks);
         size_t task = (uint32_t)t;
-        if (task >= n)
+        if (task >= n)    /* all claimed, or closed */
             return;
-        if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acq_rel,
-                                                   memory_order_acquire))
-            continue;    /* t reloaded: another claim or a new generation */
+        if (!atomic_compare_exchange_weak(&p->ticket, &t, t + 1))
+            continue;    /* t reloaded: another claim, or the job was closed */
         fn(ctx, task);
         if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == n) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->finished);
             pthread_mutex_unlock(&p->mu);
         }
-        t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+        t = atomic_load(&p->ticket);
     }
 }
 
@@ -188,18 +190,20 @@ unsigned tr_pool_threads(const tr_pool *pool) { return pool ? pool->n : 1u; }
 
 void tr_pool_run(tr_pool *p, size_t n_tasks, tr_pool_fn fn, void *ctx)
 {
-    if (!p || p->n == 1 || n_tasks <= 1 || n_tasks > UINT32_MAX) {
+    if (!p || p->n == 1 || n_tasks <= 1 || n_tasks >= CLOSED) {
         for (size_t t = 0; t < n_tasks; t++)
             fn(ctx, t);
         return;
     }
-    uint32_t gen = gen_of(atomic_load_explicit(&p->ticket, memory_order_relaxed)) + 1;
-    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&p->ctx, ctx, memory_order_relaxed);
-    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
-    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    uint32_t gen = gen_of(atomic_load(&p->ticket));
+    (void)0;
+    gen++;
+    atomic_store(&p->fn, fn);
+    atomic_store(&p->ctx, ctx);
+    atomic_store(&p->n_tasks, n_tasks);
+    atomic_store(&p->done, 0);
     pthread_mutex_lock(&p->mu);
-    atomic_store_explicit(&p->ticket, (uint64_t)gen << 32, memory_order_release);
+    atomic_store(&p->ticket, (uint64_t)gen << 32);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     run_claimed(p, gen);

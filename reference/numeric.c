@@ -84,7 +84,9 @@ float tr_l16_reduce(float q[16])
     return q[0];
 }
 
-float tr_dot_l16(const float *a, const float *b, size_t n)
+/* target_clones: on CPUs with FMA the compiler inlines fmaf as one vfmadd instead of calling libm.  fmaf is
+ * correctly rounded either way, so both clones compute the same bits. */
+__attribute__((target_clones("fma", "default"))) float tr_dot_l16(const float *a, const float *b, size_t n)
 {
     float q[16];
     for (int l = 0; l < 16; l++)
@@ -94,7 +96,7 @@ float tr_dot_l16(const float *a, const float *b, size_t n)
     return tr_l16_reduce(q);
 }
 
-float tr_dot_seqf(const float *a, const float *b, size_t n)
+__attribute__((target_clones("fma", "default"))) float tr_dot_seqf(const float *a, const float *b, size_t n)
 {
     float acc = 0.0f;
     for (size_t i = 0; i < n; i++)
@@ -123,7 +125,8 @@ __attribute__((constructor)) static void init_f16_values(void)
         f16_value[h] = tr_f16_to_f32((uint16_t)h);
 }
 
-uint16_t tr_dot_h16t_bits(const uint16_t *a, const uint16_t *b, size_t n)
+__attribute__((target_clones("fma", "default"))) uint16_t tr_dot_h16t_bits(const uint16_t *a, const uint16_t *b,
+                                                                            size_t n)
 {
     uint16_t acc = 0;
     for (size_t t = 0; t < n; t += 16) {

@@ -5,6 +5,7 @@
  */
 #include "reg_internal.h"
 #include "trellis/alloc.h"
+#include "trellis/codebook.h"
 #include "trellis/fp16.h"
 #include "trellis/numeric.h"
 
@@ -120,18 +121,20 @@ static int expert_row_bound(const tr_case *c, const expert_f64 *w, const double 
         return TR_E_NOMEM;
     }
     double *Ps = Es + I, *sp = s + I;
-    int f16 = tr_case_acc_f16(c);
+    int f16 = tr_case_acc_f16(c), slack = c->variant->dequant_slack > 0;
     for (uint32_t j = 0; j < I; j++) {
         reg_dot dg = {0, 0, H}, du = {0, 0, H};
         double g = 0, u = 0;
-        for (uint32_t k = 0; k < H; k++) {
-            double wg = w->g[(size_t)j * H + k], wu = w->u[(size_t)j * H + k];
-            g += x[k] * wg;
-            u += x[k] * wu;
-            dg.A += fabs(x[k] * wg);
-            du.A += fabs(x[k] * wu);
-            dg.D += fabs(x[k]) * reg_slack(c, wg);
-            du.D += fabs(x[k]) * reg_slack(c, wu);
+        const double *wgr = w->g + (size_t)j * H, *wur = w->u + (size_t)j * H;
+        for (uint32_t k = 0; k < H; k++) {   /* no calls in the inner loop: it vectorizes */
+            g += x[k] * wgr[k];
+            u += x[k] * wur[k];
+            dg.A += fabs(x[k] * wgr[k]);
+            du.A += fabs(x[k] * wur[k]);
+        }
+        for (uint32_t k = 0; slack && k < H; k++) {
+            dg.D += fabs(x[k]) * reg_slack(c, wgr[k]);
+            du.D += fabs(x[k]) * reg_slack(c, wur[k]);
         }
         s[j] = silu64(g) * u;
         sp[j] = s[j];
@@ -141,13 +144,19 @@ static int expert_row_bound(const tr_case *c, const expert_f64 *w, const double 
     double u = reg_unit(c), d = reg_depth(c, I), eta = reg_eta(c);
     for (uint32_t n = 0; n < H; n++) {
         double y = 0, a = 0, ap = 0, es = 0, esp = 0, sd = 0;
+        const double *wdr = w->d + (size_t)n * I;
         for (uint32_t j = 0; j < I; j++) {
-            double wd = w->d[(size_t)n * I + j], dl = reg_slack(c, wd);
+            double wd = wdr[j], aw = fabs(wd);
             y += s[j] * wd;
-            a += (fabs(s[j]) + Es[j]) * (fabs(wd) + dl);
-            ap += (fabs(s[j]) + Ps[j]) * (fabs(wd) + dl);
-            es += Es[j] * fabs(wd);
-            esp += Ps[j] * fabs(wd);
+            a += (fabs(s[j]) + Es[j]) * aw;
+            ap += (fabs(s[j]) + Ps[j]) * aw;
+            es += Es[j] * aw;
+            esp += Ps[j] * aw;
+        }
+        for (uint32_t j = 0; slack && j < I; j++) {
+            double dl = reg_slack(c, wdr[j]);
+            a += (fabs(s[j]) + Es[j]) * dl;
+            ap += (fabs(s[j]) + Ps[j]) * dl;
             sd += fabs(s[j]) * dl;
         }
         y_hi[n] = y;
@@ -161,6 +170,31 @@ static int expert_row_bound(const tr_case *c, const expert_f64 *w, const double 
 
 /* Range contract for f16 paths (KERNELS.md §6.5): scale x (rows R of width H) by 2^e until gate/up sums, |g|·|u| and
  * the down-projection sums over |g|·|u|·|Wd| are all within 2^14 (the latter two scale with 2^2e). */
+/* max |W16| of a linear without decoding it: |grid_b| <= grid_b[L-1], times the largest |S|, |su|, |sv|. */
+static double weight_magnitude(const tr_qweight *w)
+{
+    double s = 0, u = 0, v = 0;
+    for (size_t i = 0; i < (size_t)w->G * w->O; i++)
+        s = fmax(s, fabs(w->scales[i]));
+    for (uint32_t i = 0; i < w->I; i++)
+        u = fmax(u, fabs(w->su[i]));
+    for (uint32_t i = 0; i < w->O; i++)
+        v = fmax(v, fabs(w->sv[i]));
+    return fabs(tr_grid(w->bits)[(1u << w->bits) - 1]) * s * u * v * 1.001;
+}
+
+/* Is the range contract certainly met?  |g|, |u| <= max|x|·H·max|W|, |g||u| and the down sums <= that squared
+ * times I·max|Wd|.  When this cheap bound is within the limit, the exact pass is unnecessary. */
+static int range_obviously_fine(const tr_buf *x, const expert_view *v, double limit)
+{
+    double xm = 0;
+    for (uint64_t i = 0; i < tr_buf_numel(x); i++)
+        xm = isfinite(reg_get(x, i)) ? fmax(xm, fabs(reg_get(x, i))) : xm;
+    double lin = xm * v->w[0].I * fmax(weight_magnitude(&v->w[0]), weight_magnitude(&v->w[1]));
+    double quad = lin * lin * fmax(1.0, (double)v->w[2].I * weight_magnitude(&v->w[2]));
+    return lin <= limit && quad <= limit;
+}
+
 static void fit_expert_range(const tr_case *c, tr_buf *x, const expert_f64 *w, uint32_t rows, double limit)
 {
     (void)c;
@@ -237,10 +271,13 @@ static int expert_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *er
         round_to_f16(x);
     expert_view v;
     expert_f64 w;
+    double limit = tr_case_acc_f16(c) ? 16384.0 : 0x1p100;   /* KERNELS.md §6.5 */
     view_expert(in, 0, &v);
-    if (expert_f64_load(&v, &w) == TR_OK)   /* KERNELS.md §6.5: 2^14 for f16 paths, 2^100 for f32 */
-        fit_expert_range(c, x, &w, R, tr_case_acc_f16(c) ? 16384.0 : 0x1p100);
-    expert_f64_free(&w);
+    if (!range_obviously_fine(x, &v, limit)) {
+        if (expert_f64_load(&v, &w) == TR_OK)
+            fit_expert_range(c, x, &w, R, limit);
+        expert_f64_free(&w);
+    }
     if (!tr_bufs_add(out, "y", TR_ROLE_OUTPUT, tr_case_acc_f16(c) ? TR_DT_F16 : TR_DT_F32, 2, xs))
         return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     return TR_OK;
@@ -405,9 +442,12 @@ static int moe_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
             if (used[e]) {
                 expert_view v;
                 expert_f64 w;
+                double limit = tr_case_acc_f16(c) ? 16384.0 : 0x1p100;
                 view_expert(in, (int)e, &v);
+                if (range_obviously_fine(x, &v, limit))
+                    continue;
                 if (expert_f64_load(&v, &w) == TR_OK)
-                    fit_expert_range(c, x, &w, T, tr_case_acc_f16(c) ? 16384.0 : 0x1p100);
+                    fit_expert_range(c, x, &w, T, limit);
                 expert_f64_free(&w);
             }
     }

@@ -547,6 +547,33 @@ START_TEST(test_pool)
 }
 END_TEST
 
+/* Back-to-back runs of few tiny tasks: a worker that is late for one run must never run (or count) a task of the
+ * next run from that run's half-written job. */
+START_TEST(test_pool_stress)
+{
+    unsigned long bad = 0;
+    for (unsigned n = 2; n <= 4; n++) {
+        tr_pool *p;
+        tr_error err;
+        ck_assert_int_eq(tr_pool_create(n, &p, &err), TR_OK);
+        int reps = tr_test_under_valgrind() ? 300 : 20000;
+        for (int rep = 0; rep < reps; rep++) {
+            size_t nt = 2 + (size_t)rep % 4;
+            atomic_uint hits[8];
+            count_ctx c = {hits, 0};
+            for (size_t t = 0; t < 8; t++)
+                atomic_init(&hits[t], 0);
+            tr_pool_run(p, nt, count_task, &c);
+            bad += atomic_load(&c.calls) != nt;
+            for (size_t t = 0; t < 8; t++)
+                bad += atomic_load(&hits[t]) != (t < nt);
+        }
+        tr_pool_destroy(p);
+    }
+    ck_assert_msg(bad == 0, "%lu pool miscounts", bad);
+}
+END_TEST
+
 START_TEST(test_pool_nomem)
 {
     tr_pool *p = (tr_pool *)&p;
@@ -620,6 +647,7 @@ Suite *suite_cpu_gemv(void)
     tcase_add_test(misc, test_plan_modes);
     tcase_add_test(misc, test_detect);
     tcase_add_test(misc, test_pool);
+    tcase_add_test(misc, test_pool_stress);
     tcase_add_test(misc, test_pool_nomem);
     tcase_add_test(misc, test_bench_cli);
     suite_add_tcase(s, misc);
