@@ -1,5 +1,6 @@
 /*
- * cmd_bench_kernels.c — `trellis bench-kernels [--reps N] [--threads N] [--simd LEVEL] [--shape OxI]... [--json FILE|-]`.
+ * cmd_bench_kernels.c — `trellis bench-kernels [--reps N] [--threads N] [--simd LEVEL] [--shape OxI]...
+ * [--json FILE|-]`.
  *
  * Benchmarks the cpu backend's decode GEMV (engine/cpu_gemv.h, M = 1, acc f32) against tr_ref_gemm_trellis for
  * b = 2, 3, 4 at (O, I) = (4096, 14336) and (2048, 1536) (or the --shape list): random indices, scales 2^-7..2^-5,
@@ -346,8 +347,8 @@ int cmd_bench_kernels(int argc, char **argv)
     FILE *txt = o.json && strcmp(o.json, "-") == 0 ? cli_err : cli_out;
     FILE *keep = cli_out;
     cli_out = txt;
-    fprintf(cli_out, "cpu gemm_trellis decode (M = 1, gs 128, ±1 signs) vs reference; host %s, simd %s (supported %s)\n",
-            model, tr_simd_name(o.level), tr_simd_name(tr_simd_supported()));
+    fprintf(cli_out, "cpu gemm_trellis decode (M = 1, gs 128, ±1 signs) vs reference; host %s, simd %s (supported %s)"
+            "\n", model, tr_simd_name(o.level), tr_simd_name(tr_simd_supported()));
     fprintf(cli_out, "%6s %6s %2s %-8s %3s %6s %11s %8s %8s %13s %8s %10s\n", "O", "I", "b", "simd", "thr", "reps",
             "cpu us/call", "Gw/s", "best", "ref us/call", "ref Gw/s", "cpu/ref");
     bench_result res[MAX_SHAPES * 3];

@@ -176,8 +176,8 @@ KINLINE void kern(const kctx *k, const uint32_t *rows, uint32_t m0, const unsign
 #pragma GCC unroll 4
             for (int r = 0; r < RR; r++)
                 src[r] = base[r] + (size_t)c * TB;
-            if (c + 8 < k->TI)    /* helps the first pass over a tile row */
-                _mm_prefetch((const char *)(src[0] + 8 * TB), _MM_HINT_T0);
+            /* 8 tiles ahead (or this one near the end): helps the first pass over a tile row */
+            _mm_prefetch((const char *)(c + 8 < k->TI ? src[0] + 8 * TB : src[0]), _MM_HINT_T0);
             column(k, src, tab, svb, acc, c, m0, 0, B, RR, MT, GEN);
         }
         if (c1 == k->TI) {

@@ -257,7 +257,7 @@ KINLINE void tables16(const kctx *k, const float *smem, __m512 tmem[16][2], cons
         }
 }
 
-static inline void prefetch_tile(const uint8_t *p)
+KINLINE void prefetch_tile(const uint8_t *p)
 {
     _mm_prefetch((const char *)p, _MM_HINT_T0);
     _mm_prefetch((const char *)(p + 64), _MM_HINT_T0);
@@ -329,8 +329,8 @@ KINLINE void kern16(const kctx *k, uint32_t o0, uint32_t m0, const unsigned B, c
         uint32_t cend = c1 == k->TI ? c1 - 1 : c1;
         for (uint32_t c = c0; c < cend; c++) {
             __m512 suv = GEN ? su_chunk(k, c, B) : _mm512_setzero_ps();
-            if (c + 8 < k->TI)    /* the tile 8 columns ahead, both cache lines (helps b = 2, 3) */
-                prefetch_tile(base + (size_t)(c + 8) * TB);
+            /* the tile 8 columns ahead (or this one near the end), both cache lines: helps b = 2, 3 */
+            prefetch_tile(base + (size_t)(c + 8 < k->TI ? c + 8 : c) * TB);
             column16(k, base + (size_t)c * TB, acc, tmem, smem, o0, _mm512_loadu_ps(xp + (size_t)c * 16), suv, 0,
                      B, GEN);
         }
@@ -375,16 +375,19 @@ static const unsigned KIND_TOKENS[3] = {1, 4, 8}, KIND_ROWS[3] = {4, 4, 2};
     {                                                                                                               \
         kern(k, rows, m0, B, RR, MT, GEN);                                                                          \
     }
-#define KDEF_B(B) KDEF(B, 1, 4, 0) KDEF(B, 1, 4, 1) KDEF(B, 4, 4, 0) KDEF(B, 4, 4, 1) KDEF(B, 8, 2, 0) KDEF(B, 8, 2, 1)
+#define KDEF_B(B) KDEF(B, 1, 4, 0) KDEF(B, 1, 4, 1) KDEF(B, 4, 4, 0) KDEF(B, 4, 4, 1)
+#define KDEF_B8(B) KDEF_B(B) KDEF(B, 8, 2, 0) KDEF(B, 8, 2, 1)
 KDEF_B(2)
 KDEF_B(3)
 KDEF_B(4)
 KDEF_B(5)
-KDEF_B(6)
-KDEF_B(7)
-KDEF_B(8)
-#define KROW(B) {{kern_##B##_1_0, kern_##B##_1_1}, {kern_##B##_4_0, kern_##B##_4_1}, {kern_##B##_8_0, kern_##B##_8_1}}
-static const kern_fn kerns[7][3][2] = {KROW(2), KROW(3), KROW(4), KROW(5), KROW(6), KROW(7), KROW(8)};
+KDEF_B8(6)
+KDEF_B8(7)
+KDEF_B8(8)
+#define KROW(B, E)                                                                                                  \
+    {{kern_##B##_1_0, kern_##B##_1_1}, {kern_##B##_4_0, kern_##B##_4_1}, {kern_##B##_##E##_0, kern_##B##_##E##_1}}
+static const kern_fn kerns[7][3][2] = {KROW(2, 4), KROW(3, 4), KROW(4, 4), KROW(5, 4),
+                                       KROW(6, 8), KROW(7, 8), KROW(8, 8)};   /* kind 2 only for b >= 6 */
 
 /* Extraction constants per b (see the header comment). */
 static T512 void init_extract(kctx *k)

@@ -196,7 +196,7 @@ void tr_pool_run(tr_pool *p, size_t n_tasks, tr_pool_fn fn, void *ctx)
         return;
     }
     uint32_t gen = gen_of(atomic_load(&p->ticket));
-    (void)0;
+    atomic_store(&p->ticket, (uint64_t)gen << 32 | CLOSED);
     gen++;
     atomic_store(&p->fn, fn);
     atomic_store(&p->ctx, ctx);

@@ -6,6 +6,9 @@
 #include "trellis/fp16.h"
 
 #include <float.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <math.h>
 
 _Static_assert(FLT_EVAL_METHOD == 0, "the reference needs float arithmetic evaluated in float (KERNELS.md §0)");
@@ -84,19 +87,41 @@ float tr_l16_reduce(float q[16])
     return q[0];
 }
 
-/* target_clones: on CPUs with FMA the compiler inlines fmaf as one vfmadd instead of calling libm.  fmaf is
- * correctly rounded either way, so both clones compute the same bits. */
-__attribute__((target_clones("fma", "default"))) float tr_dot_l16(const float *a, const float *b, size_t n)
+/* The reference's inner loops exist twice: compiled for FMA (fmaf becomes one vfmadd instead of a libm call) and
+ * plain.  fmaf is correctly rounded either way, so both compute the same bits; the choice is made once from cpuid. */
+static int has_fma;
+
+__attribute__((constructor)) static void detect_fma(void)
 {
-    float q[16];
-    for (int l = 0; l < 16; l++)
-        q[l] = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        q[i % 16] = fmaf(a[i], b[i], q[i % 16]);
-    return tr_l16_reduce(q);
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    has_fma = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_FMA) && (c & bit_OSXSAVE);
+#endif
 }
 
-__attribute__((target_clones("fma", "default"))) float tr_dot_seqf(const float *a, const float *b, size_t n)
+#define DOT_L16_BODY                                                                                                 \
+    float q[16];                                                                                                     \
+    for (int l = 0; l < 16; l++)                                                                                     \
+        q[l] = 0.0f;                                                                                                 \
+    for (size_t i = 0; i < n; i++)                                                                                   \
+        q[i % 16] = fmaf(a[i], b[i], q[i % 16]);                                                                     \
+    return tr_l16_reduce(q);
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("fma"))) static float dot_l16_fma(const float *a, const float *b, size_t n) { DOT_L16_BODY }
+#endif
+static float dot_l16_plain(const float *a, const float *b, size_t n) { DOT_L16_BODY }
+
+float tr_dot_l16(const float *a, const float *b, size_t n)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (has_fma)
+        return dot_l16_fma(a, b, n);
+#endif
+    return dot_l16_plain(a, b, n);
+}
+
+float tr_dot_seqf(const float *a, const float *b, size_t n)
 {
     float acc = 0.0f;
     for (size_t i = 0; i < n; i++)
@@ -125,18 +150,33 @@ __attribute__((constructor)) static void init_f16_values(void)
         f16_value[h] = tr_f16_to_f32((uint16_t)h);
 }
 
-__attribute__((target_clones("fma", "default"))) uint16_t tr_dot_h16t_bits(const uint16_t *a, const uint16_t *b,
-                                                                            size_t n)
-{
-    uint16_t acc = 0;
-    for (size_t t = 0; t < n; t += 16) {
-        uint16_t ph = 0;   /* the f16 partial */
-        for (size_t i = t; i < n && i < t + 16; i++)
-            ph = tr_f64_to_f16(fma(f16_value[a[i]], f16_value[b[i]], f16_value[ph]));   /* fmah */
-        acc = tr_f64_to_f16(f16_value[acc] + f16_value[ph]);
-    }
+#define DOT_H16T_BITS_BODY                                                                                           \
+    uint16_t acc = 0;                                                                                                \
+    for (size_t t = 0; t < n; t += 16) {                                                                             \
+        uint16_t ph = 0;                                                                                             \
+        for (size_t i = t; i < n && i < t + 16; i++)                                                                 \
+            ph = tr_f64_to_f16(fma(f16_value[a[i]], f16_value[b[i]], f16_value[ph]));                                \
+        acc = tr_f64_to_f16(f16_value[acc] + f16_value[ph]);                                                         \
+    }                                                                                                                \
     return acc;
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("fma"))) static uint16_t dot_h16t_fma(const uint16_t *a, const uint16_t *b, size_t n)
+{
+    DOT_H16T_BITS_BODY
 }
+#endif
+static uint16_t dot_h16t_plain(const uint16_t *a, const uint16_t *b, size_t n) { DOT_H16T_BITS_BODY }
+
+uint16_t tr_dot_h16t_bits(const uint16_t *a, const uint16_t *b, size_t n)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (has_fma)
+        return dot_h16t_fma(a, b, n);
+#endif
+    return dot_h16t_plain(a, b, n);
+}
+
 
 uint16_t tr_dot_h16t(const float *a, const float *b, size_t n)
 {
