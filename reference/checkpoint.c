@@ -289,8 +289,9 @@ int tr_ckpt_find_tensor(const tr_ckpt *c, const char *name, tr_tensor_ref *out, 
     }
     if (c->fallback && tr_ckpt_find_tensor(c->fallback, name, out, NULL) == TR_OK)
         return TR_OK;
+    /* ENGINE.md §8 wording: the fallback checkpoint is what the CLI calls --base-model */
     return tr_fail(err, TR_E_TENSOR_MISSING, name, "not found in %s", c->layout == TR_LAYOUT_HF_FLOAT
-                   ? "the checkpoint" : "model shards, base_weights.safetensors or the fallback float checkpoint");
+                   ? "model shards or --base-model" : "model shards, base_weights.safetensors or --base-model");
 }
 
 int tr_ckpt_load_f32(const tr_ckpt *c, const char *name, float **out, uint64_t *numel, tr_error *err)

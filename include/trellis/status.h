@@ -72,7 +72,11 @@
     X(TR_W_QUANTIZED_ROUTER,    108,   0, "quantized router ignored in favour of the float one") \
     X(TR_W_SIGNS,               109,   0, "su/sv hold values other than +1/-1") \
     X(TR_W_SCALES,              110,   0, "scales hold values <= 0") \
-    X(TR_W_EXL3_FLAG,           111,   0, "EXL3 codebook flag tensor holds an unexpected value")
+    X(TR_W_EXL3_FLAG,           111,   0, "EXL3 codebook flag tensor holds an unexpected value") \
+    X(TR_W_CONFIG,              112,   0, "config.json value ignored or overridden (ENGINE.md §1)") \
+    X(TR_W_ROUTER_BIAS,         113,   0, "noaux_tc forced without e_score_correction_bias: zeros used") \
+    X(TR_W_TIED_HEAD,           114,   0, "stored lm_head.weight ignored because tie_word_embeddings is true") \
+    X(TR_W_IGNORED_TENSOR,      115,   0, "tensor not used by the model (unknown name or layer >= num_hidden_layers)")
 
 typedef enum tr_status {
 #define TR_STATUS_ENUM_(name, value, exit_code, meaning) name = value,
