@@ -32,6 +32,13 @@ int cmd_symbols(int argc, char **argv);
 int cmd_conform(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_bench_kernels(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+
+/* The oracle subcommands of `trellis golden` (cmd_golden_oracle.c). */
+int golden_import_oracle(const char *src, const char *dst, int force);
+int golden_verify_oracle(const char *dir, const char **backends, int n_backends, const char *json_path);
 
 /* "trellis CMD: error: <text>" on stderr; returns the exit code of err->code. */
 int cli_fail(const char *cmd, const tr_error *err);

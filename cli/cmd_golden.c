@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "golden_kinds.h"
 #include "trellis/alloc.h"
+#include "trellis/backend.h"
 #include "trellis/fileio.h"
 #include "trellis/hash.h"
 #include "trellis/jsonio.h"
@@ -419,15 +420,21 @@ static void help(void)
     fprintf(cli_out,
             "Usage: trellis golden verify [DIR] [--id GLOB] [--json FILE|-]\n"
             "       trellis golden gen [DIR] [--id GLOB] [--force]\n"
+            "       trellis golden import-oracle [SRC] [--out DIR] [--force]\n"
+            "       trellis golden verify --oracle DIR [--backend NAME]... [--json FILE|-]\n"
             "  DIR defaults to golden/.  verify recomputes every fixture of DIR/index.json with the reference and\n"
             "  compares bit for bit; exit 0 all hold, 1 some mismatch, 2 unreadable manifest or file.\n"
-            "  gen rewrites the generated_by \"ref\" fixtures; a file whose content would change needs --force.\n");
+            "  gen rewrites the generated_by \"ref\" fixtures; a file whose content would change needs --force.\n"
+            "  import-oracle copies the HF oracle cases of SRC (default ../shared/oracle) verbatim into DIR (default\n"
+            "  golden/oracle) and writes MANIFEST.json; verify --oracle runs ENGINE.md §7's checks of every case on\n"
+            "  ref and cpu (or each --backend), exit 1 when one fails.\n");
 }
 
 int cmd_golden(int argc, char **argv)
 {
-    const char *sub = NULL, *dir = NULL, *glob = NULL, *json_path = NULL;
-    int force = 0;
+    const char *sub = NULL, *dir = NULL, *glob = NULL, *json_path = NULL, *oracle = NULL, *out = NULL;
+    const char *backends[8];
+    int force = 0, n_backends = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
         int r;
@@ -439,6 +446,20 @@ int cmd_golden(int argc, char **argv)
             if (r < 0)
                 return cli_usage(CMD, "--id needs a glob");
             glob = v;
+        } else if ((r = cli_opt(argc, argv, &i, "--oracle", &v)) != 0) {
+            if (r < 0)
+                return cli_usage(CMD, "--oracle needs a folder");
+            oracle = v;
+        } else if ((r = cli_opt(argc, argv, &i, "--out", &v)) != 0) {
+            if (r < 0)
+                return cli_usage(CMD, "--out needs a folder");
+            out = v;
+        } else if ((r = cli_opt(argc, argv, &i, "--backend", &v)) != 0) {
+            if (r < 0 || n_backends == 8)
+                return cli_usage(CMD, "--backend needs a name (at most 8)");
+            if (!tr_backend_available(v))
+                return cli_usage(CMD, "unknown backend \"%s\" (available: ref, cpu)", v);
+            backends[n_backends++] = v;
         } else if ((r = cli_opt_json(argc, argv, &i, &v)) != 0)
             json_path = v;
         else if (!strcmp(argv[i], "--force"))
@@ -454,11 +475,16 @@ int cmd_golden(int argc, char **argv)
     }
     if (!sub)
         return cli_usage(CMD, "missing subcommand (verify or gen)");
+    if (!strcmp(sub, "import-oracle"))
+        return golden_import_oracle(dir, out, force);
+    if (!strcmp(sub, "verify") && oracle)
+        return dir ? cli_usage(CMD, "give either DIR or --oracle DIR") : golden_verify_oracle(oracle, backends,
+                                                                                              n_backends, json_path);
     if (!dir)
         dir = "golden";
     if (!strcmp(sub, "verify"))
         return verify(dir, glob, json_path);
     if (!strcmp(sub, "gen"))
         return gen(dir, glob, force);
-    return cli_usage(CMD, "unknown subcommand \"%s\" (verify or gen)", sub);
+    return cli_usage(CMD, "unknown subcommand \"%s\" (verify, gen or import-oracle)", sub);
 }

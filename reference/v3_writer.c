@@ -127,9 +127,10 @@ int tr_v3_writer_declare(tr_v3_writer *w, const char *name, uint32_t O, uint32_t
 }
 
 /* Sort into writing order and assign shards. */
+/* Ends the declaration phase; begun is set only once the shard table exists, so a failed begin is retried (and
+ * fails again) by the next call instead of leaving a half-built writer behind. */
 static int begin(tr_v3_writer *w, tr_error *err)
 {
-    w->begun = 1;
     if (w->n > 1)
         qsort(w->lin, w->n, sizeof *w->lin, cmp_wlinear);
     uint64_t fill = 0;
@@ -148,6 +149,7 @@ static int begin(tr_v3_writer *w, tr_error *err)
         return tr_fail(err, TR_E_NOMEM, w->dir, "out of memory");
     for (unsigned s = 1; s <= shard; s++)
         snprintf(w->shard_names[s - 1], sizeof w->shard_names[0], "model-%05u-of-%05u.safetensors", s, shard);
+    w->begun = 1;
     return TR_OK;
 }
 

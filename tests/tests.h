@@ -24,7 +24,11 @@
     X(nan_guard)     \
     X(symbols)       \
     X(registry)      \
-    X(conform)
+    X(conform)       \
+    X(quantize)      \
+    X(engine)        \
+    X(oracle)        \
+    X(qengine)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)
