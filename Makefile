@@ -45,7 +45,8 @@ LIBENGINE  := $(BUILD)/libtrellis_engine.a
 TRELLIS    := $(BUILD)/trellis
 TESTBIN    := $(BUILD)/run_tests
 
-.PHONY: all check run deps asan valgrind coverage check-long clean bench golden-verify check-unit conform-quick
+.PHONY: all check run deps asan valgrind coverage check-long clean bench golden-verify check-unit conform-quick \
+        golden-oracle
 
 all: $(TRELLIS) $(TESTBIN)
 
@@ -98,6 +99,12 @@ check: deps
 
 golden-verify: $(TRELLIS)
 	$(TRELLIS) golden verify golden
+	$(TRELLIS) golden verify --oracle golden/oracle
+
+# Copy the HF-transformers oracle cases verbatim into golden/oracle (ENGINE.md §7); never regenerates them.
+ORACLE_SRC ?= ../shared/oracle
+golden-oracle: $(TRELLIS)
+	$(TRELLIS) golden import-oracle $(ORACLE_SRC) --out golden/oracle
 
 # Every op family and variant of the cpu backend, bitwise against the reference (HARNESS.md §7).
 conform-quick: $(TRELLIS)

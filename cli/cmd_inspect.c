@@ -3,13 +3,16 @@
  *
  * A single safetensors file gets the container checks of FORMAT.md §2.6 and its tensor table.  A directory gets its
  * layout, every quantized tensor (name, shape, bits, bytes, codebook, rotation), the bit-width histogram, the average
- * bits per weight (index bits only: Σ b·O·I / Σ O·I), the expert bit-tuple histogram per layer, and every warning.
+ * bits per weight (index bits only: Σ b·O·I / Σ O·I), the expert bit-tuple histogram per layer, the resolved
+ * config.json with the origin of every value (ENGINE.md §1), whether the engine can load the model (the first tensor
+ * problem, ENGINE.md §2), and every warning.  --strict: exit 1 when there is any warning or model problem.
  */
 #include "cli.h"
 #include "trellis/alloc.h"
 #include "trellis/checkpoint.h"
 #include "trellis/fileio.h"
 #include "trellis/jsonio.h"
+#include "trellis/model.h"
 #include "trellis/safetensors.h"
 
 #include <stdlib.h>
@@ -20,11 +23,13 @@ static const char *const CMD = "inspect";
 static void help(void)
 {
     fprintf(cli_out,
-            "Usage: trellis inspect (DIR | FILE.safetensors) [--json FILE|-]\n"
+            "Usage: trellis inspect (DIR | FILE.safetensors) [--strict] [--json FILE|-]\n"
             "  FILE: container checks (FORMAT.md §2.6) and the tensor table.\n"
             "  DIR:  layout, quantized tensors (name, shape, bits, bytes, codebook, rotation), bit-width histogram,\n"
-            "        average bits per weight, bit tuples per MoE layer, warnings.\n"
-            "Exit: 0 valid, 2 invalid input (one-line error naming file, field and problem), 4 resource error.\n");
+            "        average bits per weight, bit tuples per MoE layer, the resolved config (value and origin of\n"
+            "        every field), the engine's model check, warnings.\n"
+            "Exit: 0 valid, 1 --strict found warnings, 2 invalid input (one-line error naming file, field and\n"
+            "problem), 4 resource error.\n");
 }
 
 static json_t *shape_json(unsigned ndim, const uint64_t *shape)
@@ -255,7 +260,69 @@ static int inspect_exl3(const char *dir, const char *json_path)
     return out;
 }
 
-static int inspect_dir(const char *dir, const char *json_path)
+/* The model view (ENGINE.md §1–§2): resolved config with origins, and whether the engine loads the weights.  An
+ * unsupported model_type or a config problem is reported as a warning: everything format-level is still shown.
+ * Returns the number of problems found (warnings of the model view). */
+static unsigned model_section(const char *dir, json_t *doc, json_t *warn, int print)
+{
+    tr_model_config cfg;
+    tr_error err;
+    unsigned problems = 0;
+    json_t *m = json_object();
+    if (tr_model_config_load(dir, &cfg, &err) != TR_OK) {
+        json_object_set_new(m, "config_error", json_string(err.text));
+        json_object_set_new(doc, "model", m);
+        json_t *e = json_object();
+        json_object_set_new(e, "code", json_string(tr_status_name(err.code)));
+        json_object_set_new(e, "message", json_string(err.text));
+        json_array_append_new(warn, e);
+        if (print)
+            fprintf(cli_out, "model: config not usable by the engine: %s\n", err.text);
+        return 1;
+    }
+    json_object_set_new(m, "arch", json_string(tr_arch_name(cfg.arch)));
+    json_object_set_new(m, "config", json_incref(cfg.resolved));
+    if (print) {
+        fprintf(cli_out, "config (%s), value and origin:\n", tr_arch_name(cfg.arch));
+        const char *key;
+        json_t *v;
+        json_object_foreach(cfg.resolved, key, v) {
+            char *txt = json_dumps(json_object_get(v, "value"), JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(9));
+            fprintf(cli_out, "  %-32s %-24s %s\n", key, txt ? txt : "?",
+                    json_string_value(json_object_get(v, "origin")) ? json_string_value(json_object_get(v, "origin"))
+                                                                   : "");
+            free(txt);
+        }
+    }
+    for (size_t i = 0; i < cfg.warnings.count; i++, problems++) {
+        json_t *e = json_object();
+        json_object_set_new(e, "code", json_string(tr_status_name(cfg.warnings.items[i].code)));
+        json_object_set_new(e, "message", json_string(cfg.warnings.items[i].text));
+        json_array_append_new(warn, e);
+    }
+    tr_model_config_release(&cfg);
+    tr_model *model = NULL;
+    int rc = tr_model_load(dir, NULL, &model, &err);
+    json_object_set_new(m, "loads", json_boolean(rc == TR_OK));
+    json_object_set_new(m, "load_error", rc == TR_OK ? json_null() : json_string(err.text));
+    if (print)
+        fprintf(cli_out, "model: %s%s\n", rc == TR_OK ? "the engine loads every tensor" : "cannot be loaded: ",
+                rc == TR_OK ? "" : err.text);
+    if (rc == TR_OK) {
+        for (size_t i = 0; i < model->warnings.count; i++, problems++) {
+            json_t *e = json_object();
+            json_object_set_new(e, "code", json_string(tr_status_name(model->warnings.items[i].code)));
+            json_object_set_new(e, "message", json_string(model->warnings.items[i].text));
+            json_array_append_new(warn, e);
+        }
+        tr_model_free(model);
+    } else
+        problems++;
+    json_object_set_new(doc, "model", m);
+    return problems;
+}
+
+static int inspect_dir(const char *dir, const char *json_path, int strict)
 {
     unsigned long mark = tr_json_mark();
     tr_error err;
@@ -340,6 +407,7 @@ static int inspect_dir(const char *dir, const char *json_path)
         json_object_set_new(e, "message", json_string(w->items[i].text));
         json_array_append_new(warn, e);
     }
+    unsigned model_problems = model_section(dir, doc, warn, !json_path);
     json_object_set_new(doc, "warnings", warn);
 
     int out = CLI_OK;
@@ -358,13 +426,17 @@ static int inspect_dir(const char *dir, const char *json_path)
             fprintf(cli_out, "warning: %s\n", w->items[i].text);
     }
     json_decref(doc);
+    size_t n_warn = w->count;
     tr_ckpt_close(c);
+    if (out == CLI_OK && strict && (n_warn || model_problems))
+        out = CLI_FAILURES;
     return out;
 }
 
 int cmd_inspect(int argc, char **argv)
 {
     const char *target = NULL, *json_path = NULL;
+    int strict = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
         int r;
@@ -374,6 +446,8 @@ int cmd_inspect(int argc, char **argv)
         }
         if ((r = cli_opt_json(argc, argv, &i, &v)) != 0)
             json_path = v;
+        else if (!strcmp(argv[i], "--strict"))
+            strict = 1;
         else if (argv[i][0] == '-' && argv[i][1] != '\0')
             return cli_usage(CMD, "unknown option %s", argv[i]);
         else if (!target)
@@ -384,7 +458,7 @@ int cmd_inspect(int argc, char **argv)
     if (!target)
         return cli_usage(CMD, "missing DIR or FILE.safetensors");
     if (tr_path_is_dir(target))
-        return inspect_dir(target, json_path);
+        return inspect_dir(target, json_path, strict);
     if (!tr_path_exists(target)) {
         tr_error err;
         tr_fail(&err, TR_E_IO, target, "not found");
