@@ -186,8 +186,16 @@ static void unpack_chunk(const uint8_t *p, unsigned b, uint8_t q[16])
     }
 }
 
-/* widen(RNh(RN32(g·s))): the signed table value of FOLD (s = S·sv) and HAT (s = S). */
-static float table_value(float g, float s) { return tr_f16_to_f32(tr_f32_to_f16(g * s)); }
+uint16_t tr_gemv_table_half(float g, float s) { return tr_f32_to_f16(g * s); }
+
+float tr_gemv_table_value(float g, float s) { return tr_f16_to_f32(tr_gemv_table_half(g, s)); }
+
+float tr_gemv_table_scale(const tr_gemv_plan *plan, uint32_t o, uint32_t g)
+{
+    const tr_qweight *w = plan->w;
+    float s = w->scales[(size_t)g * w->O + o];
+    return plan->mode == TR_GEMV_FOLD ? s * w->sv[o] : s;
+}
 
 typedef struct prow {
     const tr_gemv_plan *p;
@@ -201,16 +209,16 @@ typedef struct prow {
 static float weight_at(prow *r, uint32_t i, uint32_t g, unsigned q)
 {
     const tr_qweight *w = r->p->w;
-    float s = w->scales[(size_t)g * w->O + r->o];
-    if (r->p->mode == TR_GEMV_GENERAL)
+    if (r->p->mode == TR_GEMV_GENERAL) {
+        float s = w->scales[(size_t)g * w->O + r->o];
         return tr_f16_to_f32(tr_f32_to_f16(((r->grid[q] * s) * w->su[i]) * w->sv[r->o]));
-    if (r->p->mode == TR_GEMV_FOLD)
-        s = s * w->sv[r->o];
+    }
+    float s = tr_gemv_table_scale(r->p, r->o, g);
     if ((1u << w->bits) > w->gs)
-        return table_value(r->grid[q], s);
+        return tr_gemv_table_value(r->grid[q], s);
     if (r->table_group != g) {
         for (unsigned k = 0; k < (1u << w->bits); k++)
-            r->table[k] = table_value(r->grid[k], s);
+            r->table[k] = tr_gemv_table_value(r->grid[k], s);
         r->table_group = g;
     }
     return r->table[q];
@@ -298,26 +306,33 @@ static uint32_t rows_per_task(uint32_t O, unsigned threads)
     return want ? want : 16;
 }
 
+int tr_cpu_gemv_run(const tr_gemv_plan *plan, const float *X, uint32_t M, float *Y, tr_pool *pool, tr_error *err)
+{
+    if (M == 0)
+        return TR_OK;
+    const uint32_t O = plan->w->O;
+    float *xp = tr_malloc_aligned((size_t)M * plan->ldx * sizeof *xp);
+    if (!xp)
+        return tr_fail(err, TR_E_NOMEM, "gemm_trellis", "cannot allocate %u prepared rows of %u floats", M,
+                       plan->ldx);
+    tr_cpu_gemv_prepare(plan, X, M, xp);
+    unsigned threads = tr_pool_threads(pool);
+    gemm_job job = {plan, xp, M, rows_per_task(O, threads), Y};
+    size_t tasks = (O + job.rows_per_task - 1) / job.rows_per_task;
+    if (threads > 1)
+        tr_pool_run(pool, tasks, gemm_task, &job);
+    else
+        tr_cpu_gemv_rows(plan, xp, M, 0, O, Y);
+    tr_dealloc_aligned(xp);
+    return TR_OK;
+}
+
 int tr_cpu_gemm_trellis_level(const tr_qweight *w, const float *X, uint32_t M, float *Y, tr_pool *pool,
                               tr_simd_level level, tr_error *err)
 {
     tr_gemv_plan plan;
     int rc = tr_cpu_gemv_plan(w, level, &plan, err);
-    if (rc != TR_OK || M == 0)
-        return rc;
-    float *xp = tr_malloc_aligned((size_t)M * plan.ldx * sizeof *xp);
-    if (!xp)
-        return tr_fail(err, TR_E_NOMEM, "gemm_trellis", "cannot allocate %u prepared rows of %u floats", M, plan.ldx);
-    tr_cpu_gemv_prepare(&plan, X, M, xp);
-    unsigned threads = tr_pool_threads(pool);
-    gemm_job job = {&plan, xp, M, rows_per_task(w->O, threads), Y};
-    size_t tasks = (w->O + job.rows_per_task - 1) / job.rows_per_task;
-    if (threads > 1)
-        tr_pool_run(pool, tasks, gemm_task, &job);
-    else
-        tr_cpu_gemv_rows(&plan, xp, M, 0, w->O, Y);
-    tr_dealloc_aligned(xp);
-    return TR_OK;
+    return rc != TR_OK ? rc : tr_cpu_gemv_run(&plan, X, M, Y, pool, err);
 }
 
 int tr_cpu_gemm_trellis(const tr_qweight *w, const float *X, uint32_t M, float *Y, tr_pool *pool, tr_error *err)

@@ -24,6 +24,27 @@
  *     tr_cpu_gemv_prepare(&p, X, M, xp);                     (once per X)
  *     tr_cpu_gemv_rows(&p, xp, M, o0, o1, Y);                 (any disjoint row ranges, any threads)
  * The plan points at w (and w at its arrays): they must outlive its use.
+ *
+ * Packed plans (decode).  tr_cpu_gemv_pack(&p, err), once after planning, copies w's indices into a layout whose
+ * 16-weight chunks need no extraction op and precomputes the tables; tr_cpu_gemv_rows then runs single tokens on the
+ * copy (blocks of 4 tokens keep the native kernels, which decode a chunk once for 4 tokens anyway).  Only AVX-512
+ * plans in FOLD or HAT mode with b ≤ 4 are packed (otherwise a no-op); tr_cpu_gemm_trellis never packs (a pack costs
+ * far more than one GEMV).  Layout, per block of TR_PACK_ROWS = 8 whole rows (rows past the last whole block stay
+ * native):
+ *   lines   64 bytes per (row, run of J chunks): dword lane d holds the lane-d indices of J consecutive chunks, chunk j
+ *           in bits [f·j, f·j + f) with f = 2, J = 16 (b = 2) or f = 4, J = 8 (b = 3, 4: one index per nibble, bit 3
+ *           clear).  A 64-byte load at line + k puts nibble 2k of every lane into bits 0-3, one vpsrld 4 nibble
+ *           2k + 1, and vpermps reads bits 0-3 only: no per-chunk extraction.  b = 2 reads two chunks from one nibble
+ *           with two tables, A[n] = T[n & 3] and B[n] = T[n >> 2].  ALU ops per 16-weight chunk (vpermps + FMA + the
+ *           shared vpsrld): 2 + 1/4 (b = 2), 2 + 1/2 (b = 3, 4), plus per (row, group) one op for the table (b = 2:
+ *           B from A; b = 3, 4: vcvtph2ps).
+ *   tables  T[q] = RNh(RN32(grid[q]·S')) per (row, group), S' = S·sv (FOLD) or S (HAT): 4 floats (b = 2), 2^b
+ *           f16 values (b = 3, 4).
+ * Memory, on top of w (the native kernels still read it): f + 8·tr_gemv_pack_table_bytes(b)/gs bits per weight with
+ * I rounded up to 16·J and O down to a multiple of 8; at gs 128 that is 3 (b = 2), 5 (b = 3) and 6 (b = 4) bits per
+ * weight, e.g. 22, 37 and 44 MB for 4096 × 14336, against 14.7, 22 and 29.4 MB of indices in w.
+ * tr_cpu_gemv_plan_release frees it.  Outputs are bitwise those of the native kernels (same lanes, chunk order,
+ * table values).
  */
 #ifndef TRELLIS_ENGINE_CPU_GEMV_H
 #define TRELLIS_ENGINE_CPU_GEMV_H
@@ -54,6 +75,7 @@ typedef struct tr_gemv_plan {
                                   gs % 16 != 0 */
     uint32_t ldx;              /* floats per prepared row: I rounded up to a multiple of 16 */
     int lane_perm;             /* prepared rows are permuted within each 16-chunk (AVX-512, b = 4) */
+    struct tr_gemv_pack *pack; /* NULL, or the packed copy made by tr_cpu_gemv_pack */
 } tr_gemv_plan;
 
 /* Validate w like tr_ref_gemm_trellis (TR_E_INVALID_PARAM for a bad bit width, TR_E_INVALID_SHAPE for lengths,
@@ -68,6 +90,19 @@ void tr_cpu_gemv_prepare(const tr_gemv_plan *plan, const float *X, uint32_t M, f
  * disjoint row ranges may run concurrently.  Each Y[m][o] is bitwise independent of the range it was computed in. */
 void tr_cpu_gemv_rows(const tr_gemv_plan *plan, const float *Xp, uint32_t M, uint32_t o0, uint32_t o1, float *Y);
 
+/* Repack w's indices and tables for the decode kernels (see the header comment): a no-op (TR_OK) unless the plan's
+ * level is AVX-512, its mode FOLD or HAT, b ≤ 4 and O ≥ TR_PACK_ROWS.  Idempotent.  Errors: TR_E_NOMEM (plan left
+ * unpacked, still usable). */
+int tr_cpu_gemv_pack(tr_gemv_plan *plan, tr_error *err);
+/* Frees the packed copy (safe on unpacked plans; the plan stays usable, unpacked). */
+void tr_cpu_gemv_plan_release(tr_gemv_plan *plan);
+/* Bytes held by the packed copy, 0 if none. */
+size_t tr_cpu_gemv_pack_bytes(const tr_gemv_plan *plan);
+
+/* Y[M][O] from X[M][I] with a ready plan (packed or not): prepares X, then splits the rows over the pool's threads
+ * (pool NULL: the calling thread only).  Errors: TR_E_NOMEM; Y untouched on error. */
+int tr_cpu_gemv_run(const tr_gemv_plan *plan, const float *X, uint32_t M, float *Y, tr_pool *pool, tr_error *err);
+
 /* Y[M][O] = tr_ref_gemm_trellis(w, X, M, TR_ACC_F32, out f32) at level tr_simd_detect(), rows split over the pool's
  * threads (pool NULL: the calling thread only).  Errors: as tr_cpu_gemv_plan, TR_E_NOMEM; Y untouched on error. */
 int tr_cpu_gemm_trellis(const tr_qweight *w, const float *X, uint32_t M, float *Y, tr_pool *pool, tr_error *err);
@@ -80,6 +115,26 @@ void tr_gemv_rows_avx512(const tr_gemv_plan *plan, const float *Xp, uint32_t M, 
 void tr_gemv_rows_avx2(const tr_gemv_plan *plan, const float *Xp, uint32_t M, uint32_t o0, uint32_t o1, float *Y);
 void tr_gemv_rows_portable(const tr_gemv_plan *plan, const float *Xp, uint32_t M, uint32_t o0, uint32_t o1,
                            float *Y);
+/* RNh(RN32(g·s)) and its widening: the table value of FOLD (s = S·sv) and HAT (s = S) modes. */
+uint16_t tr_gemv_table_half(float g, float s);
+float tr_gemv_table_value(float g, float s);
+/* S' of row o in group g: S·sv (FOLD, RN32) or S. */
+float tr_gemv_table_scale(const tr_gemv_plan *plan, uint32_t o, uint32_t g);
+
+/* The packed copy (cpu_gemv_pack.c).  Line (block, run, r) is idx + ((block·lines + run)·TR_PACK_ROWS + r)·64;
+ * table (block, group, r) is tab + ((block·G + group)·TR_PACK_ROWS + r)·tr_gemv_pack_table_bytes(b). */
+#define TR_PACK_ROWS 8
+typedef struct tr_gemv_pack {
+    unsigned fw, J;            /* bits per field (2 or 4) and chunks per line (32 / fw) */
+    uint32_t blocks, lines;    /* whole row blocks (rows [0, 8·blocks) are packed), lines per row ceil(T_I / J) */
+    uint8_t *idx;              /* [blocks][lines][8][64] */
+    uint8_t *tab;              /* [blocks][G][8] tables: 4 floats (b = 2), 2^b halves RNh(...) (b = 3, 4) */
+    size_t bytes;
+} tr_gemv_pack;
+/* Bytes of one packed table: b = 2 keeps floats (its lookups are cheapest, its lines smallest); b = 3, 4 keep f16
+ * (one vcvtph2ps per row and group) to halve the tables' share of the memory traffic. */
+static inline unsigned tr_gemv_pack_table_bytes(unsigned b) { return b == 2 ? 16u : 2u << b; }
+
 /* In-chunk lane order of AVX-512 b = 4: lane d holds canonical lane (d >> 1) + 8·(d & 1). */
 static inline unsigned tr_gemv_perm4(unsigned d) { return (d >> 1) + 8u * (d & 1u); }
 

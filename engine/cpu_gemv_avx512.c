@@ -22,6 +22,8 @@
  * of b = 2 and 3 four resp. two rows per vector.  GENERAL mode keeps T = RN32(grid·S) and finishes each chunk with
  * ((t·su)·sv) → RNh → widen.  The end of a row is the L16 butterfly: lanes 0-7 += 8-15, 0-3 += 4-7, 0-1 += 2-3,
  * 0 += 1 (then RN32(sv·acc) for HAT).
+ * Packed plans (cpu_gemv.h) run single tokens on whole blocks of 8 rows with packed_block instead (see there): no
+ * extraction op per chunk, precomputed tables in registers.
  */
 #include "cpu_gemv.h"
 
@@ -57,6 +59,8 @@ typedef struct kctx {
     __m512i expand2[4];        /* b = 2 tables: lane n <- row 4j + n/4 */
     __m512i expand3[8];        /* b = 3 tables: lane n <- row 2j + n/8 */
     __m512i pair_ctrl, pair_sh0, pair_sh1;   /* b = 3 row pairs (column16) */
+    const tr_gemv_pack *pack;  /* packed copy of the plan, or NULL */
+    __m512i expand_hi;         /* lane n <- n >> 2: packed b = 2 table B from table A */
 } kctx;
 
 static inline uint32_t ld32(const uint8_t *p)
@@ -87,6 +91,13 @@ KINLINE float l16_reduce(__m512 q)
     __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
     return _mm_cvtss_f32(s1);
+}
+
+/* Y of row o from its accumulator in kernel lane order: L16 butterfly, then RN32(sv·y) for HAT. */
+KINLINE float finish_row(const kctx *k, __m512 acc, uint32_t o, const unsigned B)
+{
+    float y = l16_reduce(B == 4 ? _mm512_permutexvar_ps(k->unperm4, acc) : acc);
+    return k->mode == TR_GEMV_HAT ? k->sv[o] * y : y;
 }
 
 /* The 16 indices of the chunk at p, one per dword lane in kernel lane order (bits above the index: see header). */
@@ -216,13 +227,8 @@ KINLINE void kern(const kctx *k, const uint32_t *rows, uint32_t m0, const unsign
 #pragma GCC unroll 4
     for (int r = 0; r < RR; r++)
 #pragma GCC unroll 8
-        for (int m = 0; m < MT; m++) {
-            __m512 q = B == 4 ? _mm512_permutexvar_ps(k->unperm4, acc[r][m]) : acc[r][m];
-            float y = l16_reduce(q);
-            if (k->mode == TR_GEMV_HAT)
-                y = k->sv[rows[r]] * y;
-            k->Y[(size_t)(m0 + m) * k->O + rows[r]] = y;
-        }
+        for (int m = 0; m < MT; m++)
+            k->Y[(size_t)(m0 + m) * k->O + rows[r]] = finish_row(k, acc[r][m], rows[r], B);
 }
 
 /* The 16 tables of a tile row for one group from S' = S·sv (FOLD) or S, smem[r] = S'_r.  b = 2 and 3 (FOLD/HAT)
@@ -340,13 +346,8 @@ KINLINE void kern16(const kctx *k, uint32_t o0, uint32_t m0, const unsigned B, c
         }
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < 16; r++) {
-        __m512 q = B == 4 ? _mm512_permutexvar_ps(k->unperm4, acc[r]) : acc[r];
-        float y = l16_reduce(q);
-        if (k->mode == TR_GEMV_HAT)
-            y = k->sv[o0 + r] * y;
-        k->Y[(size_t)m0 * k->O + o0 + r] = y;
-    }
+    for (int r = 0; r < 16; r++)
+        k->Y[(size_t)m0 * k->O + o0 + r] = finish_row(k, acc[r], o0 + r, B);
 }
 
 typedef void (*kern16_fn)(const kctx *k, uint32_t o0, uint32_t m0);
@@ -455,10 +456,12 @@ static T512 void init_ctx(kctx *k, const tr_gemv_plan *p, const float *Xp, float
     k->ldx = p->ldx;
     k->b = w->bits;
     k->mode = p->mode;
+    k->pack = p->pack;
     unsigned rem = w->I % 16 ? w->I % 16 : 16;
     k->tail_canon = (__mmask16)((1u << rem) - 1);
-    uint32_t perm[16], unperm[16];
+    uint32_t perm[16], unperm[16], hi[16];
     for (unsigned d = 0; d < 16; d++) {
+        hi[d] = d >> 2;
         perm[d] = tr_gemv_perm4(d);
         unperm[tr_gemv_perm4(d)] = d;
         if (tr_gemv_perm4(d) < rem)
@@ -466,6 +469,7 @@ static T512 void init_ctx(kctx *k, const tr_gemv_plan *p, const float *Xp, float
     }
     k->perm4 = _mm512_loadu_si512(perm);
     k->unperm4 = _mm512_loadu_si512(unperm);
+    k->expand_hi = _mm512_loadu_si512(hi);
     const float *grid = tr_grid(w->bits);
     unsigned L = 1u << w->bits;
     float g0[16], g1[16];
@@ -493,7 +497,7 @@ static T512 void rows_blocks(const kctx *k, kern_fn f, unsigned rr, uint32_t o0,
 }
 
 /* Tokens m0 .. of one block kind over rows [o0, o1); one token runs whole tile rows with kern16. */
-static T512 void rows_tokens(const kctx *k, uint32_t o0, uint32_t o1, uint32_t m0, int kind)
+static T512 void native_rows_tokens(const kctx *k, uint32_t o0, uint32_t o1, uint32_t m0, int kind)
 {
     int gen = k->mode == TR_GEMV_GENERAL;
     kern_fn f = kerns[k->b - 2][kind][gen];
@@ -506,6 +510,142 @@ static T512 void rows_tokens(const kctx *k, uint32_t o0, uint32_t o1, uint32_t m
     for (uint32_t o = a; o < e; o += 16)
         kerns16[k->b - 2][gen](k, o, m0);
     rows_blocks(k, f, KIND_ROWS[0], e, o1, m0);
+}
+
+/* ---- packed decode (cpu_gemv.h, "Packed plans") ------------------------------------------------------------------
+ * The PR rows of a block advance together, STEP chunks at a time: STEP = 2F (F = chunks per nibble, 2 for b = 2,
+ * else 1) reads a whole byte of each row's line (one load, one vpsrld 4), STEP = F a nibble, STEP = 1 a chunk (group
+ * sizes that start groups inside a byte or nibble, and each row's last line).  Each chunk then costs one vpermps and
+ * one FMA per row, its x loaded once for the PR rows.  Tables live in registers (PR·F), reloaded at group starts. */
+
+enum { PR = TR_PACK_ROWS };
+
+/* The tables of PR rows for one group (t = the group's PR packed tables): tab[r][0] = A, tab[r][1] = B.  b = 3
+ * leaves lanes 8-15 undefined: packed nibbles have bit 3 clear. */
+KINLINE void packed_tables(const kctx *k, const uint8_t *t, __m512 tab[PR][2], const unsigned B)
+{
+#pragma GCC unroll 8
+    for (int r = 0; r < PR; r++) {
+        const uint8_t *tr = t + r * tr_gemv_pack_table_bytes(B);
+        if (B == 2) {
+            tab[r][0] = _mm512_broadcast_f32x4(_mm_load_ps((const float *)tr));   /* A[n] = T[n & 3] */
+            tab[r][1] = _mm512_permutexvar_ps(k->expand_hi, tab[r][0]);           /* B[n] = T[n >> 2] */
+        } else if (B == 3)
+            tab[r][0] = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_load_si128((const __m128i *)tr)));
+        else
+            tab[r][0] = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)tr));
+    }
+}
+
+/* Chunks j .. j+N−1 of the PR lines at ln (one byte, one nibble or one chunk; x = chunk j's prepared input); lanes
+ * outside mask are left alone (the row's last chunk). */
+KINLINE void packed_chunks(const uint8_t *ln, unsigned j, const float *x, __m512 acc[PR], const __m512 tab[PR][2],
+                           __mmask16 mask, const unsigned F, const unsigned N)
+{
+    __m512 xs[4];
+#pragma GCC unroll 4
+    for (unsigned i = 0; i < N; i++)
+        xs[i] = _mm512_loadu_ps(x + 16 * i);
+#pragma GCC unroll 8
+    for (int r = 0; r < PR; r++) {
+        unsigned nib = j / F;
+        __m512i v = _mm512_loadu_si512(ln + 64 * r + nib / 2);
+        if (nib % 2)
+            v = _mm512_srli_epi32(v, 4);
+#pragma GCC unroll 4
+        for (unsigned i = 0; i < N; i++) {
+            if ((j + i) / F != nib) {   /* the byte's high nibble */
+                nib++;
+                v = _mm512_srli_epi32(v, 4);
+            }
+            __m512 w = _mm512_permutexvar_ps(v, F == 2 && (j + i) % 2 ? tab[r][1] : tab[r][0]);
+            acc[r] = N == 1 ? _mm512_mask3_fmadd_ps(w, xs[i], acc[r], mask) : _mm512_fmadd_ps(w, xs[i], acc[r]);
+        }
+    }
+}
+
+/* Row block blk, one token: the L16 reduction of its PR rows and the stores into y (one output row).  Lines whose
+ * chunks are all full (no padding lanes) go STEP chunks at a time, STEP dividing the chunks per group; the rest one
+ * chunk at a time. */
+KINLINE void packed_block(const kctx *k, uint32_t blk, const float *xp, float *y, const unsigned B,
+                          const unsigned STEP)
+{
+    const unsigned F = B == 2 ? 2 : 1, J = 8 * F, TB = tr_gemv_pack_table_bytes(B);
+    const uint8_t *lines = k->pack->idx + (size_t)blk * k->pack->lines * PR * 64;
+    const uint8_t *tp = k->pack->tab + (size_t)blk * k->G * PR * TB;
+    __m512 acc[PR], tab[PR][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < PR; r++)
+        acc[r] = _mm512_setzero_ps();
+    uint32_t left = 0;   /* chunks before the next group starts */
+    const uint32_t fast = (k->TI - (k->I % 16 != 0)) / J;
+    for (uint32_t s = 0; s < fast; s++) {
+        const uint8_t *ln = lines + (size_t)s * PR * 64;
+#pragma GCC unroll 16
+        for (unsigned j = 0; j < J; j += STEP) {
+            if (left == 0) {
+                packed_tables(k, tp, tab, B);
+                tp += PR * TB;
+                left = k->cpg;
+            }
+            left -= STEP;
+            packed_chunks(ln, j, xp + (size_t)(s * J + j) * 16, acc, tab, 0xFFFF, F, STEP);
+        }
+    }
+    for (uint32_t c = fast * J; c < k->TI; c++) {
+        if (left == 0) {
+            packed_tables(k, tp, tab, B);
+            tp += PR * TB;
+            left = k->cpg;
+        }
+        left--;
+        packed_chunks(lines + (size_t)(c / J) * PR * 64, c % J, xp + (size_t)c * 16, acc, tab,
+                      c + 1 == k->TI ? k->tail : 0xFFFF, F, 1);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < PR; r++)
+        y[blk * PR + r] = finish_row(k, acc[r], blk * PR + r, B);
+}
+
+typedef void (*packed_fn)(const kctx *k, uint32_t blk, const float *xp, float *y);
+#define PKDEF(B, STEP)                                                                                              \
+    static T512 void packed_##B##_##STEP(const kctx *k, uint32_t blk, const float *xp, float *y)                   \
+    {                                                                                                               \
+        packed_block(k, blk, xp, y, B, STEP);                                                                       \
+    }
+PKDEF(2, 4)
+PKDEF(2, 2)
+PKDEF(2, 1)
+PKDEF(3, 2)
+PKDEF(3, 1)
+PKDEF(4, 2)
+PKDEF(4, 1)
+/* [b − 2][byte, nibble, chunk steps] */
+static const packed_fn packed_kerns[3][3] = {{packed_2_4, packed_2_2, packed_2_1},
+                                             {packed_3_2, packed_3_1, packed_3_1},
+                                             {packed_4_2, packed_4_1, packed_4_1}};
+
+/* The kernel for the plan's group size: the longest step (byte, nibble, chunk) that divides the chunks per group. */
+static packed_fn packed_kernel(const kctx *k)
+{
+    const uint32_t F = k->b == 2 ? 2 : 1;
+    return packed_kerns[k->b - 2][k->cpg % (2 * F) == 0 ? 0 : k->cpg % F == 0 ? 1 : 2];
+}
+
+/* As native_rows_tokens; single tokens of a packed plan run its whole row blocks with the packed kernel. */
+static T512 void rows_tokens(const kctx *k, uint32_t o0, uint32_t o1, uint32_t m0, int kind)
+{
+    uint32_t blocks = k->pack ? k->pack->blocks : 0;
+    uint32_t a = (o0 + PR - 1) / PR, e = o1 / PR < blocks ? o1 / PR : blocks;
+    if (kind || a >= e) {
+        native_rows_tokens(k, o0, o1, m0, kind);
+        return;
+    }
+    native_rows_tokens(k, o0, a * PR, m0, kind);
+    packed_fn f = packed_kernel(k);
+    for (uint32_t blk = a; blk < e; blk++)
+        f(k, blk, k->xp + (size_t)m0 * k->ldx, k->Y + (size_t)m0 * k->O);
+    native_rows_tokens(k, e * PR, o1, m0, kind);
 }
 
 /* Tokens in blocks of 8 (b ≥ 6), then 4, then one by one. */

@@ -1,8 +1,9 @@
 /*
  * check_cpu_gemv.c — the cpu backend's quantized linear (engine/cpu_gemv.h) against tr_ref_gemm_trellis, bit for bit:
  * every b = 2..8, shapes 1..257 on both axes, group sizes 16..256 and 100, ±1 and general signs, special scales and
- * activations, rotation hadamard128, M = 1, 2, 5, 17, every SIMD level this CPU has, 1, 2 and 3 threads.  Also the
- * exact identities the fast paths rest on, the row-range API, errors, the thread pool and level detection.
+ * activations, rotation hadamard128, M = 1, 2, 5, 17, every SIMD level this CPU has, 1, 2 and 3 threads; packed
+ * plans (tr_cpu_gemv_pack) the same way.  Also the exact identities the fast paths rest on, the row-range API,
+ * errors, the thread pool and level detection.
  *
  * "Bitwise equal" allows one thing only: any NaN matches any NaN.  Mismatches are counted and asserted once per test
  * with the seed of the first failing case.
@@ -370,6 +371,169 @@ START_TEST(test_rows_api)
 }
 END_TEST
 
+/* ---- packed plans ---------------------------------------------------------------------------------------------- */
+
+/* Whether tr_cpu_gemv_pack must pack this plan (cpu_gemv.h): AVX-512 kernels, FOLD or HAT, b ≤ 4, a whole row block. */
+static int expect_packed(const tr_gemv_plan *p)
+{
+    return p->level == TR_SIMD_AVX512 && p->mode != TR_GEMV_GENERAL && p->w->bits <= 4 && p->w->O >= TR_PACK_ROWS;
+}
+
+/* Rows [0, O) in random ranges (empty ones included), each a separate tr_cpu_gemv_rows call. */
+static void rows_in_pieces(const tr_gemv_plan *p, const float *xp, uint32_t M, float *y, tr_rng *r)
+{
+    uint32_t O = p->w->O;
+    for (uint32_t o = 0; o < O;) {
+        uint32_t n = (uint32_t)tr_rng_int(r, 0, O - o < 40 ? O - o : 40);
+        tr_cpu_gemv_rows(p, xp, M, o, o + n, y);
+        o += n;
+    }
+}
+
+/* One case through packed plans at every level: tr_cpu_gemv_run on 1, 2 and 3 threads and random row ranges, each
+ * bitwise against the reference; the plan packs exactly when it should and runs unpacked again after release. */
+static void run_packed_case(runner *rn, const gcase *c)
+{
+    lin l;
+    lin_make(&l, c);
+    float *x = make_x(c);
+    size_t ny = (size_t)c->M * c->O;
+    float *ref = malloc(ny * sizeof(float)), *y = malloc(ny * sizeof(float));
+    tr_error err;
+    tr_rng r;
+    tr_rng_seed(&r, c->seed + 17);
+    ck_assert_int_eq(tr_ref_gemm_trellis(&l.w, x, c->M, TR_ACC_F32, 0, ref, &err), TR_OK);
+    for (int lv = 0; lv < n_levels(); lv++) {
+        tr_gemv_plan p;
+        ck_assert_int_eq(tr_cpu_gemv_plan(&l.w, (tr_simd_level)lv, &p, &err), TR_OK);
+        ck_assert_int_eq(tr_cpu_gemv_pack(&p, &err), TR_OK);
+        ck_assert_int_eq(p.pack != NULL, expect_packed(&p));
+        ck_assert_int_eq(tr_cpu_gemv_pack(&p, &err), TR_OK);   /* idempotent */
+        char what[64];
+        for (int t = 0; t < 3; t++) {
+            memset(y, 0xA5, ny * sizeof(float));
+            ck_assert_int_eq(tr_cpu_gemv_run(&p, x, c->M, y, rn->pool[t], &err), TR_OK);
+            snprintf(what, sizeof what, "packed %s threads=%d", tr_simd_name((tr_simd_level)lv), t + 1);
+            note(rn, count_diff(ref, y, ny), c, what);
+        }
+        float *xp = tr_malloc_aligned((size_t)c->M * p.ldx * sizeof(float));
+        tr_cpu_gemv_prepare(&p, x, c->M, xp);
+        memset(y, 0xA5, ny * sizeof(float));
+        rows_in_pieces(&p, xp, c->M, y, &r);
+        snprintf(what, sizeof what, "packed %s row ranges", tr_simd_name((tr_simd_level)lv));
+        note(rn, count_diff(ref, y, ny), c, what);
+        tr_dealloc_aligned(xp);
+        tr_cpu_gemv_plan_release(&p);
+        ck_assert_ptr_null(p.pack);
+        tr_cpu_gemv_plan_release(&p);   /* safe on an unpacked plan */
+        memset(y, 0xA5, ny * sizeof(float));
+        ck_assert_int_eq(tr_cpu_gemv_run(&p, x, c->M, y, NULL, &err), TR_OK);
+        snprintf(what, sizeof what, "released %s", tr_simd_name((tr_simd_level)lv));
+        note(rn, count_diff(ref, y, ny), c, what);
+    }
+    free(ref);
+    free(y);
+    free(x);
+    lin_drop(&l);
+}
+
+/* b = 2..4, FOLD: O around the row block (8) and the tile (16), I around the chunk (16) and the packed lines (128 and
+ * 256 weights), group sizes 16, 32, 128 and 48 / 96 (I not a multiple of gs, groups not aligned to nibbles or lines),
+ * M = 1..5 (packed single tokens next to native 4-token blocks), special values in every third case. */
+START_TEST(test_packed_fold)
+{
+    runner rn;
+    runner_init(&rn);
+    static const uint32_t Os[] = {7, 8, 9, 16, 24, 33, 100};
+    static const uint32_t Is[] = {1, 15, 16, 17, 100, 128, 129, 256, 300, 529};
+    static const uint32_t Gs[] = {16, 32, 128, 48, 96};
+    int vg = tr_test_under_valgrind();
+    for (unsigned b = 2; b <= 4; b++)
+        for (size_t a = 0; a < COUNT(Os); a++)
+            for (size_t i = 0; i < COUNT(Is); i++) {
+                size_t k = (b * COUNT(Os) + a) * COUNT(Is) + i;
+                if (vg && k % 5)
+                    continue;
+                gcase c = {Os[a], Is[i], Gs[k % COUNT(Gs)], 1 + (uint32_t)(k % 5), b, TR_ROT_NONE, SIGNS_PM1,
+                           k % 3 == 2 ? VALUES_SPECIAL : VALUES_PLAIN, 88000u + k};
+                run_packed_case(&rn, &c);
+            }
+    runner_done(&rn);
+}
+END_TEST
+
+/* b = 2..4, HAT (any su, sv) and a GENERAL case (never packed), the benchmark's group size and long rows. */
+START_TEST(test_packed_hat_general)
+{
+    runner rn;
+    runner_init(&rn);
+    static const uint32_t Os[] = {8, 17, 40};
+    static const uint32_t Is[] = {128, 384, 1024};
+    static const uint32_t Gs[] = {16, 32, 128, 96};
+    for (unsigned b = 2; b <= 4; b++) {
+        for (size_t a = 0; a < COUNT(Os); a++)
+            for (size_t i = 0; i < COUNT(Is); i++) {
+                size_t k = (b * COUNT(Os) + a) * COUNT(Is) + i;
+                gcase c = {Os[a], Is[i], Gs[k % COUNT(Gs)], 1 + (uint32_t)(k % 5), b, TR_ROT_HADAMARD128,
+                           (int)(k % 2), k % 4 == 3 ? VALUES_SPECIAL : VALUES_PLAIN, 89000u + k};
+                run_packed_case(&rn, &c);
+            }
+        gcase c = {33, 200, 32, 3, b, TR_ROT_NONE, SIGNS_GENERAL, VALUES_PLAIN, 89500u + b};
+        run_packed_case(&rn, &c);
+        gcase c5 = {20, 100, 16, 2, b + 3, TR_ROT_NONE, SIGNS_PM1, VALUES_PLAIN, 89600u + b};   /* b ≥ 5: native */
+        run_packed_case(&rn, &c5);
+    }
+    runner_done(&rn);
+}
+END_TEST
+
+/* Allocation failures leave the plan unpacked and usable; TR_SIMD below AVX-512 packs nothing. */
+START_TEST(test_packed_nomem_and_levels)
+{
+    gcase c = {40, 300, 32, 1, 2, TR_ROT_NONE, SIGNS_PM1, VALUES_PLAIN, 91};
+    lin l;
+    lin_make(&l, &c);
+    float *x = make_x(&c);
+    float ref[40], y[40];
+    tr_error err;
+    ck_assert_int_eq(tr_ref_gemm_trellis(&l.w, x, 1, TR_ACC_F32, 0, ref, &err), TR_OK);
+    tr_gemv_plan p;
+    ck_assert_int_eq(tr_cpu_gemv_plan(&l.w, TR_SIMD_AVX512, &p, &err), TR_OK);
+    for (unsigned long n = 1; n <= 3 && expect_packed(&p); n++) {
+        tr_alloc_fail_at(n);
+        int rc = tr_cpu_gemv_pack(&p, &err);
+        tr_alloc_fail_at(0);
+        ck_assert_int_eq(rc, TR_E_NOMEM);
+        ck_assert_ptr_null(p.pack);
+        ck_assert_uint_eq(tr_cpu_gemv_pack_bytes(&p), 0);
+        ck_assert_int_eq(tr_cpu_gemv_run(&p, x, 1, y, NULL, &err), TR_OK);
+        ck_assert_uint_eq(count_diff(ref, y, 40), 0);
+    }
+    ck_assert_int_eq(tr_cpu_gemv_pack(&p, &err), TR_OK);
+    ck_assert_uint_eq(tr_cpu_gemv_pack_bytes(&p) > 0, expect_packed(&p));
+    tr_cpu_gemv_plan_release(&p);
+    const char *old = getenv("TR_SIMD");
+    char *saved = old ? strdup(old) : NULL;
+    static const char *caps[] = {"portable", "avx2"};
+    for (size_t k = 0; k < COUNT(caps); k++) {
+        setenv("TR_SIMD", caps[k], 1);
+        ck_assert_int_eq(tr_cpu_gemv_plan(&l.w, tr_simd_detect(), &p, &err), TR_OK);
+        ck_assert_int_eq(tr_cpu_gemv_pack(&p, &err), TR_OK);
+        ck_assert_ptr_null(p.pack);
+        ck_assert_int_eq(tr_cpu_gemv_run(&p, x, 1, y, NULL, &err), TR_OK);
+        ck_assert_uint_eq(count_diff(ref, y, 40), 0);
+        tr_cpu_gemv_plan_release(&p);
+    }
+    if (saved) {
+        setenv("TR_SIMD", saved, 1);
+        free(saved);
+    } else
+        unsetenv("TR_SIMD");
+    free(x);
+    lin_drop(&l);
+}
+END_TEST
+
 /* ---- the identities behind the fast paths ---------------------------------------------------------------------- */
 
 /* With su, sv ∈ {±1}: W16 = su·sv·RNh(RN32(grid[q]·S)) and the table form T = RNh(RN32(grid[q]·(S·sv))) gives
@@ -604,16 +768,24 @@ START_TEST(test_bench_cli)
         ck_assert_int_eq(json_integer_value(json_object_get(e, "bits")), (json_int_t)(2 + k));
         ck_assert_int_eq(json_integer_value(json_object_get(e, "reps")), 2);
         ck_assert(json_real_value(json_object_get(e, "median_us")) > 0);
+        ck_assert(json_real_value(json_object_get(e, "native_median_us")) > 0);
+        ck_assert(json_is_true(json_object_get(e, "native_bitwise_equal")));
+        ck_assert_int_eq(json_integer_value(json_object_get(e, "native_reps")), 2);
+        int packed = json_is_true(json_object_get(e, "packed"));
+        ck_assert_int_eq(packed, tr_simd_detect() == TR_SIMD_AVX512);
+        ck_assert_int_eq(json_real_value(json_object_get(e, "pack_us")) > 0, packed);
+        ck_assert_int_eq(json_integer_value(json_object_get(e, "pack_bytes")) > 0, packed);
     }
     ck_assert_ptr_nonnull(strstr(r.err, "bitwise equal"));   /* the table goes to stderr with --json - */
     json_decref(doc);
     cli_result_free(&r);
-    r = cli_run("bench-kernels", "--shape", "17x33", "--reps", "1", "--simd", "portable", NULL);
+    r = cli_run("bench-kernels", "--shape", "17x33", "--reps", "1", "--simd", "portable", "--gs", "32", NULL);
     ck_assert_msg(r.status == 0, "status %d: %s", r.status, r.err);
     ck_assert_ptr_nonnull(strstr(r.out, "portable"));
+    ck_assert_ptr_nonnull(strstr(r.out, "gs 32"));
     cli_result_free(&r);
     static const char *bad[][2] = {{"--simd", "sse"}, {"--shape", "0x4"}, {"--reps", "0"}, {"--threads", "x"},
-                                   {"--frob", "1"}};
+                                   {"--frob", "1"}, {"--gs", "0"}};
     for (size_t k = 0; k < COUNT(bad); k++) {
         r = cli_run("bench-kernels", bad[k][0], bad[k][1], NULL);
         ck_assert_int_eq(r.status, 2);
@@ -638,6 +810,8 @@ Suite *suite_cpu_gemv(void)
     tcase_add_test(eq, test_prefill_and_long_rows);
     tcase_add_test(eq, test_random_cases);
     tcase_add_test(eq, test_rows_api);
+    tcase_add_test(eq, test_packed_fold);
+    tcase_add_test(eq, test_packed_hat_general);
     suite_add_tcase(s, eq);
     TCase *misc = tcase_create("misc");
     tcase_set_timeout(misc, tr_test_under_valgrind() ? 600 : 60);
@@ -649,6 +823,7 @@ Suite *suite_cpu_gemv(void)
     tcase_add_test(misc, test_pool);
     tcase_add_test(misc, test_pool_stress);
     tcase_add_test(misc, test_pool_nomem);
+    tcase_add_test(misc, test_packed_nomem_and_levels);
     tcase_add_test(misc, test_bench_cli);
     suite_add_tcase(s, misc);
     return s;
