@@ -698,6 +698,46 @@ START_TEST(test_moe_counters_float)
 }
 END_TEST
 
+/* Every router mode runs on both architectures; noaux_tc forced on Qwen (no bias tensor) warns and uses zeros. */
+START_TEST(test_router_modes)
+{
+    const char *dirs[2] = {GLM, QWEN};
+    for (int k = 0; k < 2; k++) {
+        tr_model_options mo = {0};
+        mo.force_noaux_bias_zero = k == 1;
+        tr_model *m;
+        tr_error err;
+        ck_assert_int_eq(tr_model_load(dirs[k], &mo, &m, &err), TR_OK);
+        if (k == 1) {
+            ck_assert_uint_eq(m->warnings.count, 2);   /* one per MoE layer */
+            ck_assert_int_eq(m->warnings.items[0].code, TR_W_ROUTER_BIAS);
+        }
+        float *prev = NULL;
+        for (int mode = 0; mode < 3; mode++) {
+            tr_session_options o;
+            tr_session_options_default(&o);
+            o.backend = "ref";
+            o.ctx_size = 16;
+            o.router_mode = mode;
+            tr_session *s;
+            ck_assert_msg(tr_session_new(m, &o, &s, &err) == TR_OK, "%s", err.text);
+            float *lg = malloc((size_t)m->cfg.V * sizeof *lg);
+            ck_assert_msg(tr_session_eval(s, IDS, 6, TR_LOGITS_LAST, lg, &err) == TR_OK, "mode %d: %s", mode,
+                          err.text);
+            for (uint32_t v = 0; v < m->cfg.V; v++)
+                ck_assert(isfinite(lg[v]));
+            if (prev)   /* the modes route differently, so the logits differ */
+                ck_assert(memcmp(prev, lg, (size_t)m->cfg.V * sizeof *lg) != 0);
+            free(prev);
+            prev = lg;
+            tr_session_free(s);
+        }
+        free(prev);
+        tr_model_free(m);
+    }
+}
+END_TEST
+
 /* ---- CLI ---------------------------------------------------------------------------------------------------------- */
 
 START_TEST(test_cli_errors)
@@ -783,6 +823,7 @@ Suite *suite_engine(void)
     tcase_add_test(t, test_route_override);
     tcase_add_test(t, test_nan_policies);
     tcase_add_test(t, test_moe_counters_float);
+    tcase_add_test(t, test_router_modes);
     suite_add_tcase(s, t);
     t = tcase_create("cli");
     tcase_set_timeout(t, 120);
