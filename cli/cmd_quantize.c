@@ -377,16 +377,6 @@ static void print_summary(const qplan *p, qsummary s)
                 (double)s.bits / (double)s.weights, p->nlin, (unsigned long long)s.weights, p->nflt);
 }
 
-/* JSON has no Inf/NaN: non-finite numbers are written as the strings "inf", "-inf", "nan". */
-static json_t *jnum(double v)
-{
-    if (isnan(v))
-        return json_string("nan");
-    if (isinf(v))
-        return json_string(v > 0 ? "inf" : "-inf");
-    return json_real(v);
-}
-
 static json_t *linear_json(const qlin *l)
 {
     double n = (double)l->O * l->I;
@@ -397,8 +387,8 @@ static json_t *linear_json(const qlin *l)
     json_object_set_new(e, "shape", shape);
     json_object_set_new(e, "bits", json_integer(l->bits));
     json_object_set_new(e, "rotation", json_string(tr_rotation_name(l->rot)));
-    json_object_set_new(e, "sse", jnum(l->sse));
-    json_object_set_new(e, "mse", jnum(l->sse / n));
+    json_object_set_new(e, "sse", tr_json_real(l->sse));
+    json_object_set_new(e, "mse", tr_json_real(l->sse / n));
     return e;
 }
 

@@ -26,16 +26,6 @@ static double now_us(void)
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
-/* JSON has no Inf/NaN: non-finite numbers are written as the strings "inf", "-inf", "nan" (HARNESS.md §3). */
-static json_t *jnum(double v)
-{
-    if (isnan(v))
-        return json_string("nan");
-    if (isinf(v))
-        return json_string(v > 0 ? "inf" : "-inf");
-    return json_real(v);
-}
-
 void conform_replay(char *buf, size_t cap, const char *backend, const tr_case *c)
 {
     snprintf(buf, cap, "trellis conform --backend %s --replay '%s' --seed %llu", backend, c->id,
@@ -100,12 +90,12 @@ static json_t *result_json(const tr_case *c, const char *backend, const tr_resul
     json_object_set_new(o, "metal_math", json_null());
     json_object_set_new(o, "class", json_string(tr_class_name(r->cls)));
     json_object_set_new(o, "status", json_string(tr_verdict_name(r->status)));
-    json_object_set_new(o, "max_abs", jnum(r->max_abs));
+    json_object_set_new(o, "max_abs", tr_json_real(r->max_abs));
     json_object_set_new(o, "max_ulp", json_integer(r->max_ulp));
-    json_object_set_new(o, "nmse", jnum(r->nmse));
-    json_object_set_new(o, "bound", jnum(r->bound));
-    json_object_set_new(o, "bound_ratio", jnum(r->bound_ratio));
-    json_object_set_new(o, "prob_ratio", jnum(r->prob_ratio));
+    json_object_set_new(o, "nmse", tr_json_real(r->nmse));
+    json_object_set_new(o, "bound", tr_json_real(r->bound));
+    json_object_set_new(o, "bound_ratio", tr_json_real(r->bound_ratio));
+    json_object_set_new(o, "prob_ratio", tr_json_real(r->prob_ratio));
     json_object_set_new(o, "mismatches", json_integer((json_int_t)r->mismatches));
     json_object_set_new(o, "unwritten", json_integer((json_int_t)r->unwritten));
     json_object_set_new(o, "tie_flips", r->tie_flips < 0 ? json_null() : json_integer(r->tie_flips));
@@ -119,12 +109,12 @@ static json_t *result_json(const tr_case *c, const char *backend, const tr_resul
         json_object_set_new(m, "coords", coords);
         json_object_set_new(m, "got", json_string(r->first.got));
         json_object_set_new(m, "expected", json_string(r->first.expected));
-        json_object_set_new(m, "bound", jnum(r->first.bound));
+        json_object_set_new(m, "bound", tr_json_real(r->first.bound));
         json_object_set_new(o, "first_mismatch", m);
     } else
         json_object_set_new(o, "first_mismatch", json_null());
-    json_object_set_new(o, "time_us", t_us >= 0 ? jnum(t_us) : json_null());
-    json_object_set_new(o, "ref_time_us", ref_us >= 0 ? jnum(ref_us) : json_null());
+    json_object_set_new(o, "time_us", t_us >= 0 ? tr_json_real(t_us) : json_null());
+    json_object_set_new(o, "ref_time_us", ref_us >= 0 ? tr_json_real(ref_us) : json_null());
     json_object_set_new(o, "replay", json_string(replay));
     return o;
 }

@@ -12,6 +12,7 @@
 #include "engine_internal.h"
 #include "pool.h"
 #include "trellis/alloc.h"
+#include "trellis/fp16.h"
 
 #include <math.h>
 #include <string.h>
@@ -217,6 +218,9 @@ static int forward(tr_session *s, const int32_t *ids, uint32_t T, tr_logits_rows
     int rc = TR_OK;
     for (uint32_t l = 0; rc == TR_OK && l < c->L; l++) {
         rc = decoder_layer(s, l, h, T, xn, tmp, err);
+        if (s->o.residual_bf16)   /* the noise-floor run: h = widen(RNE_bf16(h)) */
+            for (size_t i = 0; i < n; i++)
+                h[i] = tr_bf16_to_f32(tr_f32_to_bf16(h[i]));
         if (rc == TR_OK && l + 1 < c->L)
             trace_hidden(s, l + 1, T, h);
     }

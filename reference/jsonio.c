@@ -5,6 +5,7 @@
 #include "trellis/alloc.h"
 #include "trellis/fileio.h"
 
+#include <math.h>
 #include <string.h>
 
 json_t *tr_json_parse(const char *buf, size_t n, int syntax_code, int dup_code, json_error_t *jerr, int *status)
@@ -73,4 +74,13 @@ int tr_json_write_file(const char *path, const json_t *doc, unsigned long mark, 
     }
     tr_dealloc(text);
     return rc;
+}
+
+json_t *tr_json_real(double v)
+{
+    if (isnan(v))
+        return json_string("nan");
+    if (isinf(v))
+        return json_string(v > 0 ? "inf" : "-inf");
+    return json_real(v);
 }

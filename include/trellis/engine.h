@@ -35,6 +35,8 @@ typedef struct tr_session_options {
     int decode_gemv;                  /* --decode-gemv (default 1) */
     int grouped_kernel;               /* --grouped-kernel (default 0) */
     tr_grouping_mode grouping_mode;   /* default auto */
+    int residual_bf16;                /* round each decoder layer's output residual to bf16 (RNE): the KLD noise
+                                         floor of ENGINE.md §6 */
 } tr_session_options;
 
 void tr_session_options_default(tr_session_options *o);

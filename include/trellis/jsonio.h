@@ -31,4 +31,8 @@ char *tr_json_dumps(const json_t *doc, size_t flags, unsigned long mark);
 /* Write doc (built since mark) with 2-space indentation, insertion order and a final newline. */
 int tr_json_write_file(const char *path, const json_t *doc, unsigned long mark, tr_error *err);
 
+/* A number for JSON output: json_real(v), or the strings "nan", "inf", "-inf" (JSON has no non-finite numbers,
+ * HARNESS.md §3; json_real would return NULL and the member would silently vanish). */
+json_t *tr_json_real(double v);
+
 #endif
