@@ -35,6 +35,7 @@ static const command commands[] = {
     {"symbols", cmd_symbols, "kernel entry points of .metal sources against the selection policy"},
     {"logits", cmd_logits, "one prefill over token ids; fp32 logits [T, V] of every position to a file"},
     {"generate", cmd_generate, "raw completion from token ids (greedy or sampled, ENGINE.md §5)"},
+    {"perplexity", cmd_perplexity, "perplexity of a text or token-id file (llamacpp or hf protocol, ENGINE.md §6)"},
     {"bench-kernels", cmd_bench_kernels, "benchmark the cpu backend's kernels (decode GEMV) against the reference"},
 };
 

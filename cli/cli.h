@@ -34,6 +34,7 @@ int cmd_report(int argc, char **argv);
 int cmd_bench_kernels(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 
 /* The oracle subcommands of `trellis golden` (cmd_golden_oracle.c). */
