@@ -35,6 +35,7 @@ int cmd_bench_kernels(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 
 /* The oracle subcommands of `trellis golden` (cmd_golden_oracle.c). */

@@ -454,6 +454,38 @@ int tr_model_load(const char *dir, const tr_model_options *opt, tr_model **out, 
     return TR_OK;
 }
 
+static void visit(const tr_linear *l, void (*fn)(void *, const tr_linear *), void *user)
+{
+    if (l->w || l->q)
+        fn(user, l);
+}
+
+static void visit_ffn(const tr_ffn *f, void (*fn)(void *, const tr_linear *), void *user)
+{
+    visit(&f->gate, fn, user);
+    visit(&f->up, fn, user);
+    visit(&f->down, fn, user);
+}
+
+void tr_model_foreach_linear(const tr_model *m, void (*fn)(void *user, const tr_linear *l), void *user)
+{
+    for (uint32_t l = 0; l < m->cfg.L; l++) {
+        const tr_layer *ly = &m->layers[l];
+        const tr_linear *attn[] = {&ly->q_a, &ly->q_b, &ly->q_full, &ly->kv_a, &ly->kv_b, &ly->q, &ly->k, &ly->v,
+                                   &ly->o};
+        for (size_t i = 0; i < sizeof attn / sizeof *attn; i++)
+            visit(attn[i], fn, user);
+        if (!ly->moe)
+            visit_ffn(&ly->dense, fn, user);
+        for (uint32_t e = 0; ly->moe && ly->experts && e < m->cfg.E; e++)
+            visit_ffn(&ly->experts[e], fn, user);
+        if (ly->has_shared)
+            visit_ffn(&ly->shared, fn, user);
+    }
+    if (!m->cfg.tie_word_embeddings)
+        visit(&m->lm_head, fn, user);
+}
+
 double tr_model_average_bpw(const tr_model *m)
 {
     return m->n_params_quantized ? (double)m->index_bits / (double)m->n_params_quantized : 0.0;

@@ -261,6 +261,13 @@ const char *tr_session_backend_name(const tr_session *s) { return s->be->name; }
 const char *tr_session_device(const tr_session *s) { return s->be->device; }
 const tr_model *tr_session_model(const tr_session *s) { return s->m; }
 
+unsigned tr_session_threads(const tr_session *s)
+{
+    if (!strcmp(s->be->name, "ref"))
+        return 1;
+    return s->o.threads > 0 ? (unsigned)s->o.threads : tr_cpu_count();
+}
+
 void tr_session_truncate(tr_session *s, uint32_t n)
 {
     if (n < s->len)

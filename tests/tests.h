@@ -28,7 +28,8 @@
     X(quantize)      \
     X(engine)        \
     X(oracle)        \
-    X(qengine)
+    X(qengine)       \
+    X(eval)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)

@@ -97,5 +97,7 @@ tr_nan_guard *tr_session_nan_guard(tr_session *s);
 const char *tr_session_backend_name(const tr_session *s);
 const char *tr_session_device(const tr_session *s);      /* human description for result files */
 const tr_model *tr_session_model(const tr_session *s);
+/* Threads the backend computes with (1 for ref, whose results never depend on it). */
+unsigned tr_session_threads(const tr_session *s);
 
 #endif

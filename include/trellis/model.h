@@ -137,6 +137,10 @@ typedef struct tr_model {
 int tr_model_load(const char *dir, const tr_model_options *opt, tr_model **out, tr_error *err);
 void tr_model_free(tr_model *m);
 
+/* Every linear of the model (attention, dense FFN, experts, shared expert, lm_head unless tied), in layer order;
+ * calls fn(user, linear) for each.  Routers are not linears here (they are float-only router weights). */
+void tr_model_foreach_linear(const tr_model *m, void (*fn)(void *user, const tr_linear *l), void *user);
+
 /* Average bits per weight of the quantized linears (0 when none). */
 double tr_model_average_bpw(const tr_model *m);
 
