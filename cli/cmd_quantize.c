@@ -11,6 +11,7 @@
  * Σ b·numel / Σ numel.
  */
 #include "cli.h"
+#include "progress.h"
 #include "trellis/alloc.h"
 #include "trellis/checkpoint.h"
 #include "trellis/fileio.h"
@@ -43,6 +44,7 @@ static void help(void)
             "  --seed N          seed of the hadamard128 sign vectors (default 42)\n"
             "  --shard-size B    data bytes per shard (default 2147483648); a linear never splits\n"
             "  --json FILE       also write a trellis.quantize/1 summary\n"
+            "  --no-progress     no progress bar on stderr (drawn only when stderr is a terminal)\n"
             "  DIR must not exist or be empty.  Prints each tensor's name, bits, shape and MSE, then the average\n"
             "  bits per weight.  Exit: 0 done, 2 usage or input error, 4 resource error.\n");
 }
@@ -54,6 +56,7 @@ typedef struct qargs {
     tr_bits_spec spec;
     tr_quant_opts q;
     uint64_t shard_size;
+    int no_progress;
 } qargs;
 
 /* Decimal digits only, no overflow.  0 on success. */
@@ -102,6 +105,8 @@ static int parse_option(int argc, char **argv, int *i, qargs *a)
             return cli_usage(CMD, "--shard-size needs a positive number of bytes");
     } else if ((r = cli_opt_json(argc, argv, i, &v)) != 0)
         a->json = v;
+    else if (!strcmp(argv[*i], "--no-progress"))
+        a->no_progress = 1;
     else
         return 0;
     return -1;
@@ -173,6 +178,8 @@ typedef struct qplan {
     size_t nlin;
     tr_tensor_ref *flt;
     size_t nflt;
+    progress bar;              /* over the linears quantized (both passes of avg=X) */
+    uint64_t done, total;
 } qplan;
 
 static void plan_free(qplan *p)
@@ -261,6 +268,7 @@ static int allocate_bits(const tr_ckpt *c, const qargs *a, qplan *p, tr_error *e
         if (rc == TR_OK)
             rc = tr_quantize_sse_table(l->name, W, l->O, l->I, &a->q, t[k].sse, err);
         tr_dealloc(W);
+        progress_update(&p->bar, ++p->done, p->total);
     }
     if (rc == TR_OK)
         rc = tr_bits_allocate(t, p->nlin, a->spec.avg, bits, err);
@@ -317,8 +325,10 @@ static int write_model(const tr_ckpt *c, const qargs *a, qplan *p, tr_error *err
         uint32_t G = (l->I + TR_QUANT_GROUP_SIZE - 1) / TR_QUANT_GROUP_SIZE;
         rc = tr_v3_writer_declare(w, l->name, l->O, l->I, l->bits, G, l->rot, err);
     }
-    for (size_t k = 0; rc == TR_OK && k < p->nlin; k++)
+    for (size_t k = 0; rc == TR_OK && k < p->nlin; k++) {
         rc = put_linear(w, c, a, &p->lin[k], err);
+        progress_update(&p->bar, ++p->done, p->total);
+    }
     for (size_t k = 0; rc == TR_OK && k < p->nflt; k++) {
         const tr_st_tensor *t = p->flt[k].t;
         rc = tr_v3_writer_add_float(w, t->name, t->dtype, t->ndim, t->shape, t->data, err);
@@ -434,10 +444,13 @@ static int run(const qargs *a)
                      tr_layout_name(tr_ckpt_layout(c)));
     if (rc == TR_OK)
         rc = build_plan(c, a, &p, err);
+    progress_init(&p.bar, CMD, !a->no_progress);
+    p.total = p.nlin * (a->spec.has_avg ? 2 : 1);
     if (rc == TR_OK && a->spec.has_avg)
         rc = allocate_bits(c, a, &p, err);
     if (rc == TR_OK)
         rc = write_model(c, a, &p, err);
+    progress_done(&p.bar);
     if (rc == TR_OK)
         rc = copy_side_files(a, err);
     int status = rc == TR_OK ? CLI_OK : cli_fail(CMD, err);
