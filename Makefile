@@ -21,8 +21,8 @@ DEBS     := check libjansson-dev libgsl-dev libpcre2-dev libutf8proc-dev libssl-
 GIT_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 VERSION    := 0.1.0
 
-PKG_CFLAGS = $(shell pkg-config --cflags jansson gsl 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs jansson libcrypto gsl 2>/dev/null) -lm -lpthread
+PKG_CFLAGS = $(shell pkg-config --cflags jansson gsl libpcre2-8 libutf8proc 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs jansson libcrypto gsl libpcre2-8 libutf8proc 2>/dev/null) -lm -lpthread
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter

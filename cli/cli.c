@@ -36,7 +36,10 @@ static const command commands[] = {
     {"logits", cmd_logits, "one prefill over token ids; fp32 logits [T, V] of every position to a file"},
     {"generate", cmd_generate, "raw completion from token ids (greedy or sampled, ENGINE.md §5)"},
     {"perplexity", cmd_perplexity, "perplexity of a text or token-id file (llamacpp or hf protocol, ENGINE.md §6)"},
+    {"kld", cmd_kld, "two-pass KL divergence: kld base (base-logits file), kld eval (candidate vs base)"},
     {"bench", cmd_bench, "decode and prefill timings, MoE dispatch counters, mixed-bpw statistics (trellis.bench/1)"},
+    {"tokenize", cmd_tokenize, "encode text to token ids with a tokenizer.json (ENGINE.md §4)"},
+    {"detokenize", cmd_detokenize, "decode token ids to text with a tokenizer.json (ENGINE.md §4)"},
     {"bench-kernels", cmd_bench_kernels, "benchmark the cpu backend's kernels (decode GEMV) against the reference"},
 };
 

@@ -35,8 +35,11 @@ int cmd_bench_kernels(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_kld(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
 
 /* The oracle subcommands of `trellis golden` (cmd_golden_oracle.c). */
 int golden_import_oracle(const char *src, const char *dst, int force);

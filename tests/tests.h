@@ -29,7 +29,9 @@
     X(engine)        \
     X(oracle)        \
     X(qengine)       \
-    X(eval)
+    X(eval)          \
+    X(tokenizer)     \
+    X(kld)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)
