@@ -78,6 +78,44 @@ int tr_sampling_from_generation_config(const char *dir, tr_sampling *s, tr_error
     return rc;
 }
 
+int tr_generation_config_eos(const char *dir, int32_t **ids, size_t *n, tr_error *err)
+{
+    *n = 0;
+    *ids = tr_malloc(sizeof **ids);
+    char *path = tr_path_join(dir, "generation_config.json");
+    if (!*ids || !path) {
+        tr_dealloc(path);
+        return tr_fail(err, TR_E_NOMEM, dir, "out of memory");
+    }
+    json_t *doc = NULL;
+    int rc = tr_path_is_file(path) ? tr_json_load_object(path, TR_E_CONFIG, &doc, err) : TR_OK;
+    const json_t *v = json_object_get(doc, "eos_token_id");
+    size_t count = json_is_array(v) ? json_array_size(v) : json_is_integer(v) ? 1 : 0;
+    if (rc == TR_OK && v && !json_is_null(v) && !count && !json_is_array(v))
+        rc = tr_fail(err, TR_E_CONFIG, path, "eos_token_id: expected a token id or a list of them");
+    if (rc == TR_OK && count) {
+        int32_t *grown = tr_realloc(*ids, count * sizeof *grown);
+        rc = grown ? TR_OK : tr_fail(err, TR_E_NOMEM, path, "out of memory");
+        if (grown)
+            *ids = grown;
+    }
+    for (size_t i = 0; rc == TR_OK && i < count; i++) {
+        const json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX)
+            rc = tr_fail(err, TR_E_CONFIG, path, "eos_token_id[%zu]: expected a token id", i);
+        else
+            (*ids)[(*n)++] = (int32_t)json_integer_value(e);
+    }
+    json_decref(doc);
+    tr_dealloc(path);
+    if (rc != TR_OK) {
+        tr_dealloc(*ids);
+        *ids = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
 int tr_sampler_new(const tr_sampling *params, uint64_t seed, uint32_t V, tr_sampler **out, tr_error *err)
 {
     tr_sampler *s = tr_calloc(1, sizeof *s);

@@ -764,6 +764,15 @@ START_TEST(test_cli_errors)
 }
 END_TEST
 
+/* The last line of a CLI run's stdout (the --print-ids line), cut in place. */
+static const char *last_line(char *out)
+{
+    size_t len = strlen(out);
+    ck_assert(len > 1 && out[len - 1] == '\n');
+    out[len - 1] = 0;
+    return strrchr(out, '\n') ? strrchr(out, '\n') + 1 : out;
+}
+
 /* Stop ids end generation (the stop id is kept); the context end stops with a warning and exit 0. */
 START_TEST(test_cli_generate_stops)
 {
@@ -771,24 +780,20 @@ START_TEST(test_cli_generate_stops)
                            "--backend", "ref", NULL);
     ck_assert_int_eq(r.status, 0);
     char first[32];
-    ck_assert_int_eq(sscanf(r.out, "%31[0-9]", first), 1);
+    ck_assert_int_eq(sscanf(last_line(r.out), "%31[0-9]", first), 1);
     cli_result_free(&r);
     r = cli_run("generate", "-m", GLM, "--ids", "330,161,476", "-n", "5", "--greedy", "--print-ids", "--stop-id",
                 first, "--json", "-", NULL);
     ck_assert_int_eq(r.status, 0);
     ck_assert_ptr_nonnull(strstr(r.out, "\"stop_reason\": \"stop\""));
-    size_t len = strlen(r.out);
-    ck_assert(len > 1 && r.out[len - 1] == '\n');
-    r.out[len - 1] = 0;
-    const char *last = strrchr(r.out, '\n') ? strrchr(r.out, '\n') + 1 : r.out;
-    ck_assert_str_eq(last, first);   /* the stop id is the one generated id, printed last */
+    ck_assert_str_eq(last_line(r.out), first);   /* the stop id is the one generated id, printed last */
     cli_result_free(&r);
     r = cli_run("generate", "-m", GLM, "--ids", "330,161,476", "-n", "9", "--greedy", "--ctx-size", "5",
                 "--print-ids", NULL);
     ck_assert_int_eq(r.status, 0);
     ck_assert_ptr_nonnull(strstr(r.err, "context full"));
     int commas = 0;
-    for (const char *p = r.out; *p; p++)
+    for (const char *p = last_line(r.out); *p; p++)
         commas += *p == ',';
     ck_assert_int_eq(commas, 2);   /* 3 prompt + 2 fed = 5 positions, 3 generated ids */
     cli_result_free(&r);

@@ -26,6 +26,9 @@ void tr_sampling_default(tr_sampling *s);
  * repetition_penalty); fields absent keep their value.  TR_E_CONFIG on a wrong type. */
 int tr_sampling_from_generation_config(const char *dir, tr_sampling *s, tr_error *err);
 int tr_sampling_is_greedy(const tr_sampling *s);
+/* eos_token_id of generation_config.json in dir (an id or a list of ids) for the stop set (ENGINE.md §4); *ids is
+ * tr_malloc'ed (never NULL on success), *n = 0 when the file or the member is absent.  TR_E_CONFIG on a bad value. */
+int tr_generation_config_eos(const char *dir, int32_t **ids, size_t *n, tr_error *err);
 
 typedef struct tr_sampler tr_sampler;
 
