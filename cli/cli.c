@@ -35,6 +35,7 @@ static const command commands[] = {
     {"symbols", cmd_symbols, "kernel entry points of .metal sources against the selection policy"},
     {"logits", cmd_logits, "one prefill over token ids; fp32 logits [T, V] of every position to a file"},
     {"generate", cmd_generate, "raw completion from token ids (greedy or sampled, ENGINE.md §5)"},
+    {"chat", cmd_chat, "interactive chat with the model's template (or one reply to --messages FILE.json)"},
     {"perplexity", cmd_perplexity, "perplexity of a text or token-id file (llamacpp or hf protocol, ENGINE.md §6)"},
     {"kld", cmd_kld, "two-pass KL divergence: kld base (base-logits file), kld eval (candidate vs base)"},
     {"bench", cmd_bench, "decode and prefill timings, MoE dispatch counters, mixed-bpw statistics (trellis.bench/1)"},

@@ -31,7 +31,8 @@
     X(qengine)       \
     X(eval)          \
     X(tokenizer)     \
-    X(kld)
+    X(kld)           \
+    X(chat)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)
