@@ -10,8 +10,10 @@
  */
 #include "cli.h"
 #include "engine_opts.h"
+#include "gen_common.h"
 #include "progress.h"
 #include "trellis/alloc.h"
+#include "trellis/fileio.h"
 #include "trellis/jsonio.h"
 #include "trellis/rng.h"
 
@@ -38,6 +40,8 @@ typedef struct bench_opts {
     int reps_given;
     uint32_t prefill[16];
     uint32_t n_prefill;
+    const char *prompt, *prompt_file;   /* -p / -f: the decode prompt instead of random ids */
+    int32_t *prompt_ids;
 } bench_opts;
 
 /* ---- statistics --------------------------------------------------------------------------------------------------- */
@@ -86,8 +90,8 @@ static int32_t argmax(const float *v, uint32_t n)
     return (int32_t)b;
 }
 
-/* Seeded pseudo-random prompt ids in [0, V) avoiding the config's stop ids. */
-static void random_prompt(const tr_model *m, uint64_t seed, int32_t *ids, uint32_t n)
+/* Seeded pseudo-random prompt ids in [0, V) avoiding the config's stop ids and the tokenizer's special tokens. */
+static void random_prompt(const tr_model *m, const tr_tokenizer *tok, uint64_t seed, int32_t *ids, uint32_t n)
 {
     tr_rng r;
     tr_rng_seed(&r, seed);
@@ -99,6 +103,7 @@ static void random_prompt(const tr_model *m, uint64_t seed, int32_t *ids, uint32
             stop = 0;
             for (size_t k = 0; k < m->cfg.n_eos; k++)
                 stop |= m->cfg.eos_ids[k] == id;
+            stop |= tok && tr_tokenizer_is_special(tok, id);
         } while (stop);
         ids[i] = id;
     }
@@ -274,6 +279,20 @@ static int parse_u32(const char *v, uint32_t lo, uint32_t hi, uint32_t *out)
 
 static int bench_opt(int argc, char **argv, int *i, bench_opts *o)
 {
+    const char *pv;
+    int pr;
+    if ((pr = cli_opt(argc, argv, i, "-p", &pv)) != 0) {
+        if (pr < 0)
+            return cli_usage(CMD, "-p needs a text"), -1;
+        o->prompt = pv;
+        return 1;
+    }
+    if ((pr = cli_opt(argc, argv, i, "-f", &pv)) != 0) {
+        if (pr < 0)
+            return cli_usage(CMD, "-f needs a file"), -1;
+        o->prompt_file = pv;
+        return 1;
+    }
     static const char *const names[] = {"--prompt-tokens", "--gen-tokens", "--warmup", "--repetitions",
                                         "--prefill-tokens"};
     const char *v;
@@ -310,8 +329,8 @@ static int bench_opt(int argc, char **argv, int *i, bench_opts *o)
 
 static void help(void)
 {
-    fprintf(cli_out, "Usage: trellis bench -m DIR [--prompt-tokens N] [--gen-tokens N] [--warmup N] [--repetitions N]\n"
-                     "         [--prefill-tokens L1,L2,...] [options]\n"
+    fprintf(cli_out, "Usage: trellis bench -m DIR [--prompt-tokens N | -p TEXT | -f FILE] [--gen-tokens N] [--warmup N]\n"
+                     "         [--repetitions N] [--prefill-tokens L1,L2,...] [options]\n"
                      "  Decode and prefill timings, MoE dispatch counters and the mixed-bpw statistics "
                      "(trellis.bench/1).\n%s", ENG_OPTS_HELP);
 }
@@ -366,7 +385,8 @@ static void print_summary(FILE *f, const json_t *doc)
                 json_number_value(json_object_get(sw, "tokens_per_second")));
 }
 
-static int run_bench(bench_opts *o, tr_model *m, tr_session *s, json_t **decode, json_t **prefill)
+static int run_bench(bench_opts *o, tr_model *m, tr_session *s, const tr_tokenizer *tok, json_t **decode,
+                     json_t **prefill)
 {
     tr_error err;
     uint32_t maxlen = o->prompt_tokens;
@@ -382,8 +402,8 @@ static int run_bench(bench_opts *o, tr_model *m, tr_session *s, json_t **decode,
     progress bar;
     progress_init(&bar, CMD, !o->e.no_progress);
     if (rc == TR_OK) {
-        random_prompt(m, o->e.seed, ids, maxlen);
-        rc = decode_run(s, o, ids, lg, &dec, &bar, &err);
+        random_prompt(m, tok, o->e.seed, ids, maxlen);
+        rc = decode_run(s, o, o->prompt_ids ? o->prompt_ids : ids, lg, &dec, &bar, &err);
     }
     progress_done(&bar);
     uint32_t pre_reps = o->reps_given ? o->repetitions : 5;
@@ -409,6 +429,36 @@ static int run_bench(bench_opts *o, tr_model *m, tr_session *s, json_t **decode,
     return rc == TR_OK ? CLI_OK : cli_fail(CMD, &err);
 }
 
+/* The tokenizer when the model has one (random prompts avoid special tokens) or when -p/-f needs it; the -p/-f
+ * prompt is encoded with parse_special = true and sets --prompt-tokens. */
+static int bench_tokenizer(bench_opts *o, const tr_model *m, tr_session *s, tr_tokenizer **tok)
+{
+    char *path = o->e.tokenizer ? tr_strdup(o->e.tokenizer) : tr_path_join(o->e.model, "tokenizer.json");
+    int have = path && tr_path_is_file(path), rc = CLI_OK;
+    tr_dealloc(path);
+    if (have || o->prompt || o->prompt_file)
+        rc = gen_load_tokenizer(CMD, &o->e, tok);
+    if (rc != CLI_OK || (!o->prompt && !o->prompt_file))
+        return rc;
+    tr_error err;
+    char *text = NULL;
+    size_t len = 0, n = 0;
+    if (o->prompt && !(text = tr_strdup(o->prompt)))
+        return tr_fail(&err, TR_E_NOMEM, CMD, "out of memory"), cli_fail(CMD, &err);
+    len = o->prompt ? strlen(text) : 0;
+    if (o->prompt_file && tr_file_read_all(o->prompt_file, &text, &len, &err) != TR_OK)
+        return cli_fail(CMD, &err);
+    rc = tr_tokenizer_encode(*tok, text, len, 1, o->prompt ? "-p" : o->prompt_file, &o->prompt_ids, &n, &err) == TR_OK
+             ? CLI_OK : cli_fail(CMD, &err);
+    tr_dealloc(text);
+    if (rc == CLI_OK && (n == 0 || n + o->warmup + o->gen_tokens > tr_session_ctx_size(s)))
+        rc = cli_usage(CMD, "the prompt has %zu tokens: need 1 .. %u with --warmup and --gen-tokens", n,
+                       tr_session_ctx_size(s) - o->warmup - o->gen_tokens);
+    o->prompt_tokens = (uint32_t)n;
+    (void)m;
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     bench_opts o = {.prompt_tokens = 32, .gen_tokens = 100, .warmup = 10, .repetitions = 1, .n_prefill = 1};
@@ -425,9 +475,13 @@ int cmd_bench(int argc, char **argv)
         if (r == 0)
             return cli_usage(CMD, "unknown option %s", argv[i]);
     }
+    if (o.prompt && o.prompt_file)
+        return cli_usage(CMD, "give -p or -f, not both");
     uint32_t need = o.prompt_tokens + o.warmup + o.gen_tokens;
     for (uint32_t k = 0; k < o.n_prefill; k++)
         need = o.prefill[k] > need ? o.prefill[k] : need;
+    if ((o.prompt || o.prompt_file) && need < 4096)
+        need = 4096;   /* the prompt's length is known only once tokenized */
     if (!o.e.sopt.ctx_size)
         o.e.sopt.ctx_size = need;
     else if (o.e.sopt.ctx_size < need)
@@ -437,12 +491,15 @@ int cmd_bench(int argc, char **argv)
     tr_model *m = NULL;
     tr_session *s = NULL;
     json_t *decode = NULL, *prefill = NULL;
+    tr_tokenizer *tok = NULL;
     int rc = eng_open(CMD, &o.e, &m, &s);
+    if (rc == CLI_OK)
+        rc = bench_tokenizer(&o, m, s, &tok);
     if (rc == CLI_OK) {
         eng_seed(&o.e);
         if (!o.e.sopt.threads)
             o.e.sopt.threads = (int)tr_session_threads(s);
-        rc = run_bench(&o, m, s, &decode, &prefill);
+        rc = run_bench(&o, m, s, tok, &decode, &prefill);
     }
     if (rc == CLI_OK) {
         unsigned long mark = tr_json_mark();
@@ -452,6 +509,8 @@ int cmd_bench(int argc, char **argv)
             rc = cli_write_json(CMD, o.e.json, doc, mark);
         json_decref(doc);
     }
+    tr_dealloc(o.prompt_ids);
+    tr_tokenizer_free(tok);
     tr_session_free(s);
     tr_model_free(m);
     return rc;

@@ -4,7 +4,10 @@
 #include "eval_input.h"
 #include "cli.h"
 #include "trellis/alloc.h"
+#include "trellis/fileio.h"
 #include "trellis/hash.h"
+#include "trellis/tokenizer.h"
+#include "gen_common.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -62,7 +65,9 @@ int eval_input_opt(const char *cmd, int argc, char **argv, int *i, eval_input_op
     }
 }
 
-static int read_stream(const char *cmd, const eval_input_opts *io, eval_input *in)
+/* The stream: an ids file, or a text file tokenized whole with parse_special = false (ENGINE.md §6; no template,
+ * no BOS).  The tokenizer is the model's (or --tokenizer). */
+static int read_stream(const char *cmd, const eng_opts *e, const eval_input_opts *io, eval_input *in)
 {
     tr_error err;
     in->what = io->ids_file ? io->ids_file : io->text_file;
@@ -74,9 +79,17 @@ static int read_stream(const char *cmd, const eval_input_opts *io, eval_input *i
         in->n = n;
         return rc;
     }
-    tr_fail(&err, TR_E_UNSUPPORTED, io->text_file, "text input needs the tokenizer, which this build does not have "
-            "yet; use --ids-file");
-    return cli_fail(cmd, &err);
+    tr_tokenizer *tok = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = gen_load_tokenizer(cmd, e, &tok);
+    if (rc == CLI_OK && tr_file_read_all(io->text_file, &text, &len, &err) != TR_OK)
+        rc = cli_fail(cmd, &err);
+    if (rc == CLI_OK && tr_tokenizer_encode(tok, text, len, 0, io->text_file, &in->ids, &in->n, &err) != TR_OK)
+        rc = cli_fail(cmd, &err);
+    tr_dealloc(text);
+    tr_tokenizer_free(tok);
+    return rc;
 }
 
 int eval_prepare(const char *cmd, eng_opts *e, const eval_input_opts *io, tr_eval_opts *o, eval_input *in,
@@ -89,7 +102,7 @@ int eval_prepare(const char *cmd, eng_opts *e, const eval_input_opts *io, tr_eva
         return cli_usage(cmd, "give exactly one of -f FILE or --ids-file FILE");
     if (!e->model)
         return cli_usage(cmd, "no model: give -m DIR");
-    int rc = read_stream(cmd, io, in);
+    int rc = read_stream(cmd, e, io, in);
     if (rc == CLI_OK && tr_eval_resolve(o, in->n, in->what, &err) != TR_OK)
         rc = cli_fail(cmd, &err);
     if (rc == CLI_OK && e->sopt.ctx_size && e->sopt.ctx_size < o->ctx) {
