@@ -13,6 +13,8 @@
 #include "trellis/fileio.h"
 #include "trellis/jsonio.h"
 #include "trellis/model.h"
+#include "trellis/chat.h"
+#include "trellis/tokenizer.h"
 #include "trellis/safetensors.h"
 
 #include <stdlib.h>
@@ -23,7 +25,7 @@ static const char *const CMD = "inspect";
 static void help(void)
 {
     fprintf(cli_out,
-            "Usage: trellis inspect (DIR | FILE.safetensors) [--strict] [--json FILE|-]\n"
+            "Usage: trellis inspect (DIR | FILE.safetensors) [--tokenizer] [--strict] [--json FILE|-]\n"
             "  FILE: container checks (FORMAT.md §2.6) and the tensor table.\n"
             "  DIR:  layout, quantized tensors (name, shape, bits, bytes, codebook, rotation), bit-width histogram,\n"
             "        average bits per weight, bit tuples per MoE layer, the resolved config (value and origin of\n"
@@ -322,7 +324,53 @@ static unsigned model_section(const char *dir, json_t *doc, json_t *warn, int pr
     return problems;
 }
 
-static int inspect_dir(const char *dir, const char *json_path, int strict)
+/* --tokenizer: the tokenizer summary (sizes, added tokens, normalizer, pattern) and, with a supported config, the
+ * chat template and its stop set (ENGINE.md §4, §8).  A tokenizer that does not load is a problem (warning). */
+static unsigned tokenizer_section(const char *dir, json_t *doc, json_t *warn, int print)
+{
+    char *path = tr_path_join(dir, "tokenizer.json");
+    tr_tokenizer *tok = NULL;
+    tr_error err;
+    unsigned problems = 0;
+    if (!path || tr_tokenizer_load(path, &tok, &err) != TR_OK) {
+        json_t *e = json_object();
+        json_object_set_new(e, "code", json_string(path ? tr_status_name(err.code) : "TR_E_NOMEM"));
+        json_object_set_new(e, "message", json_string(path ? err.text : "out of memory"));
+        json_array_append_new(warn, e);
+        if (print)
+            fprintf(cli_out, "tokenizer: %s\n", path ? err.text : "out of memory");
+        tr_dealloc(path);
+        return 1;
+    }
+    json_t *sum = tr_tokenizer_summary(tok);
+    tr_model_config cfg;
+    if (sum && tr_model_config_load(dir, &cfg, &err) == TR_OK) {
+        int style = tr_chat_style_for(tr_arch_name(cfg.arch));
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if (style >= 0 && tr_chat_stop_ids((tr_chat_style)style, tok, 1, cfg.eos_ids, cfg.n_eos, NULL, 0, &ids, &n,
+                                           &err) == TR_OK) {
+            json_t *a = json_array();
+            for (size_t i = 0; i < n; i++)
+                json_array_append_new(a, json_integer(ids[i]));
+            json_object_set_new(sum, "chat_template", json_string(style == TR_CHAT_GLM47 ? "glm-4.7" : "chatml"));
+            json_object_set_new(sum, "stop_ids", a);
+        }
+        tr_dealloc(ids);
+        tr_model_config_release(&cfg);
+    }
+    if (print && sum) {
+        char *txt = json_dumps(sum, JSON_INDENT(2));
+        fprintf(cli_out, "tokenizer %s:\n%s\n", path, txt ? txt : "?");
+        free(txt);
+    }
+    json_object_set_new(doc, "tokenizer", sum ? sum : json_null());
+    tr_tokenizer_free(tok);
+    tr_dealloc(path);
+    return problems;
+}
+
+static int inspect_dir(const char *dir, const char *json_path, int strict, int with_tokenizer)
 {
     unsigned long mark = tr_json_mark();
     tr_error err;
@@ -408,6 +456,8 @@ static int inspect_dir(const char *dir, const char *json_path, int strict)
         json_array_append_new(warn, e);
     }
     unsigned model_problems = model_section(dir, doc, warn, !json_path);
+    if (with_tokenizer)
+        model_problems += tokenizer_section(dir, doc, warn, !json_path);
     json_object_set_new(doc, "warnings", warn);
 
     int out = CLI_OK;
@@ -436,7 +486,7 @@ static int inspect_dir(const char *dir, const char *json_path, int strict)
 int cmd_inspect(int argc, char **argv)
 {
     const char *target = NULL, *json_path = NULL;
-    int strict = 0;
+    int strict = 0, with_tokenizer = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
         int r;
@@ -448,6 +498,8 @@ int cmd_inspect(int argc, char **argv)
             json_path = v;
         else if (!strcmp(argv[i], "--strict"))
             strict = 1;
+        else if (!strcmp(argv[i], "--tokenizer"))
+            with_tokenizer = 1;
         else if (argv[i][0] == '-' && argv[i][1] != '\0')
             return cli_usage(CMD, "unknown option %s", argv[i]);
         else if (!target)
@@ -458,7 +510,7 @@ int cmd_inspect(int argc, char **argv)
     if (!target)
         return cli_usage(CMD, "missing DIR or FILE.safetensors");
     if (tr_path_is_dir(target))
-        return inspect_dir(target, json_path, strict);
+        return inspect_dir(target, json_path, strict, with_tokenizer);
     if (!tr_path_exists(target)) {
         tr_error err;
         tr_fail(&err, TR_E_IO, target, "not found");
