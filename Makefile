@@ -115,6 +115,7 @@ bench: all
 	@mkdir -p reports/out
 	$(TRELLIS) conform --backend cpu --quick --bench --no-progress --json reports/out/bench-conform.json
 	$(TRELLIS) bench-kernels --json reports/out/bench-kernels.json
+	$(TRELLIS) bench -m golden/oracle/glm4_moe_lite_f32 --no-progress --json reports/out/bench.json
 
 check-unit: $(TESTBIN)
 	$(TESTBIN)

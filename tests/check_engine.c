@@ -738,6 +738,66 @@ START_TEST(test_router_modes)
 }
 END_TEST
 
+/* Allocation failure at every point of model load, session setup, one prefill and one decode step: a clean
+ * TR_E_NOMEM (or success when the failing allocation was optional), never a crash or a leak (ASan/valgrind runs). */
+static int load_run_free(const char *dir, int *stage)
+{
+    tr_model *m = NULL;
+    tr_session *s = NULL;
+    tr_error err;
+    float lg[2048];
+    *stage = 0;
+    int rc = tr_model_load(dir, NULL, &m, &err);
+    if (rc == TR_OK) {
+        *stage = 1;
+        tr_session_options o;
+        tr_session_options_default(&o);
+        o.backend = "ref";   /* the cpu backend's setup is covered by its own suite; ref keeps this loop fast */
+        o.ctx_size = 16;
+        rc = tr_session_new(m, &o, &s, &err);
+    }
+    if (rc == TR_OK) {
+        *stage = 2;
+        rc = tr_session_eval(s, IDS, 5, TR_LOGITS_LAST, lg, &err);
+    }
+    if (rc == TR_OK) {
+        *stage = 3;
+        rc = tr_session_eval(s, IDS + 5, 1, TR_LOGITS_LAST, lg, &err);
+    }
+    if (rc != TR_OK && rc != TR_E_NOMEM)
+        fprintf(stderr, "alloc failure gave: %s\n", err.text);
+    tr_session_free(s);
+    tr_model_free(m);
+    return rc;
+}
+
+START_TEST(test_alloc_failures)
+{
+    const char *dirs[2] = {GLM, QWEN};
+    const unsigned long step = tr_test_under_valgrind() ? 37 : 1;
+    for (int k = 0; k < 2; k++) {
+        unsigned long points = 0, nomem = 0;
+        int bad = 0, stage;
+        for (unsigned long n = 1;; n += step) {
+            tr_alloc_fail_at(n);
+            int rc = load_run_free(dirs[k], &stage);
+            int fired = tr_alloc_fired();
+            tr_alloc_fail_at(0);
+            if (!fired) {
+                ck_assert_int_eq(rc, TR_OK);
+                points = n;
+                break;
+            }
+            nomem += rc == TR_E_NOMEM;
+            bad |= rc != TR_OK && rc != TR_E_NOMEM;
+        }
+        ck_assert_msg(!bad, "%s: an allocation failure gave another error", dirs[k]);
+        ck_assert_uint_gt(nomem, 0);
+        fprintf(stderr, "engine: %s: %lu allocation points, each failure clean\n", dirs[k], points);
+    }
+}
+END_TEST
+
 /* ---- CLI ---------------------------------------------------------------------------------------------------------- */
 
 START_TEST(test_cli_errors)
@@ -829,6 +889,7 @@ Suite *suite_engine(void)
     tcase_add_test(t, test_nan_policies);
     tcase_add_test(t, test_moe_counters_float);
     tcase_add_test(t, test_router_modes);
+    tcase_add_test(t, test_alloc_failures);
     suite_add_tcase(s, t);
     t = tcase_create("cli");
     tcase_set_timeout(t, 120);
