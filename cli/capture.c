@@ -10,6 +10,7 @@
 #include "trellis/hash.h"
 #include "trellis/jsonio.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -134,13 +135,34 @@ int capture_read_manifest(const char *dir, json_t **manifest, tr_error *err)
     return rc;
 }
 
-/* One buffer's file: read, check its sha256 and size. */
+/* A buffer file named inside the capture folder: relative, without empty, "." or ".." components (HARNESS.md §3: the
+ * folder holds one file per buffer).  A manifest cannot make the reader open files elsewhere. */
+static int path_inside(const char *rel)
+{
+    if (!rel[0] || rel[0] == '/')
+        return 0;
+    for (const char *p = rel; *p;) {
+        size_t n = strcspn(p, "/");
+        if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+            return 0;
+        p += n;
+        if (*p == '/')
+            p++;
+    }
+    return 1;
+}
+
+/* One buffer's file: read, check its sha256 and size.  On failure *data is NULL (the contents read were leaked on a
+ * sha256 or size mismatch before; found by fuzz/capture). */
 static int load_file(const char *dir, json_t *b, size_t want, uint8_t **data, tr_error *err)
 {
     const char *rel = json_string_value(json_object_get(b, "file"));
     const char *sha = json_string_value(json_object_get(b, "sha256"));
+    *data = NULL;
     if (!rel || !sha)
         return tr_fail(err, TR_E_INPUT, dir, "buffer entry lacks file or sha256");
+    if (!path_inside(rel))
+        return tr_fail(err, TR_E_INPUT, dir, "buffer file \"%s\" is not a relative path inside the capture folder", rel);
     char *path = tr_path_join(dir, rel);
     size_t size = 0;
     int rc = path ? tr_file_read_all(path, (char **)data, &size, err) : tr_fail(err, TR_E_NOMEM, dir, "out of memory");
@@ -151,11 +173,21 @@ static int load_file(const char *dir, json_t *b, size_t want, uint8_t **data, tr
             rc = tr_fail(err, TR_E_INPUT, path, "sha256 %s does not match the manifest's %s", hex, sha);
         else if (size != want)
             rc = tr_fail(err, TR_E_INPUT, path, "%zu bytes, the manifest's dtype and shape need %zu", size, want);
+        if (rc != TR_OK) {
+            tr_dealloc(*data);
+            *data = NULL;
+        }
     }
     tr_dealloc(path);
     return rc;
 }
 
+/* Every buffer entry is validated before anything is allocated for it, and its file is read and checked before the
+ * buffer is added (found by fuzz/capture): shape members were read with json_integer_value, so negative, huge or
+ * non-integer dimensions became a wrapped byte size or a calloc of up to 2^64 bytes; the 65th output was added
+ * before the "more than 64 outputs" check, overrunning the caller's guarded[64] when it released the buffers; an
+ * output whose file failed to load leaked the buffer's own allocation; roles other than input/output read as
+ * input; and names longer than a tr_buf holds, or repeated, silently shadowed one another. */
 int capture_load_case(const char *dir, json_t *entry, tr_bufs *in, tr_bufs *got, uint8_t **guarded, tr_error *err)
 {
     json_t *bufs = json_object_get(entry, "buffers");
@@ -165,28 +197,40 @@ int capture_load_case(const char *dir, json_t *entry, tr_bufs *in, tr_bufs *got,
         json_t *b = json_array_get(bufs, i), *shape = json_object_get(b, "shape");
         const char *name = json_string_value(json_object_get(b, "name"));
         const char *role = json_string_value(json_object_get(b, "role"));
+        const char *dtype = json_string_value(json_object_get(b, "dtype"));
         tr_dtype dt;
         uint64_t dims[4] = {0};
         size_t nd = json_array_size(shape);
-        if (!name || !role || tr_dtype_parse(json_string_value(json_object_get(b, "dtype")) ? json_string_value(
-                                                 json_object_get(b, "dtype")) : "", &dt) != 0 || nd > 4)
+        if (!name || !role || !dtype || tr_dtype_parse(dtype, &dt) != 0 || !json_is_array(shape) || nd > 4)
             return tr_fail(err, TR_E_INPUT, dir, "buffers[%zu]: name, role, dtype or shape invalid", i);
-        for (size_t d = 0; d < nd; d++)
-            dims[d] = (uint64_t)json_integer_value(json_array_get(shape, d));
         int output = strcmp(role, "output") == 0;
         tr_bufs *dst = output ? got : in;
-        tr_buf *x = tr_bufs_add(dst, name, output ? TR_ROLE_OUTPUT : TR_ROLE_INPUT, dt, (unsigned)nd, dims);
-        if (!x)
-            return tr_fail(err, TR_E_NOMEM, dir, "out of memory");
+        if (!output && strcmp(role, "input") != 0)
+            return tr_fail(err, TR_E_INPUT, dir, "buffers[%zu]: role \"%s\" is neither input nor output", i, role);
+        if (strlen(name) >= sizeof ((tr_buf *)NULL)->name || tr_bufs_get(dst, name))
+            return tr_fail(err, TR_E_INPUT, dir, "buffers[%zu]: name \"%.40s\" is too long or repeated", i, name);
+        uint64_t bytes = tr_dtype_size(dt);
+        for (size_t d = 0; d < nd; d++) {
+            json_t *v = json_array_get(shape, d);
+            if (!json_is_integer(v) || json_integer_value(v) < 0)
+                return tr_fail(err, TR_E_INPUT, dir, "buffers[%zu]: shape[%zu] is not a non-negative integer", i, d);
+            dims[d] = (uint64_t)json_integer_value(v);
+            if (dims[d] && bytes > (SIZE_MAX - 2 * CONFORM_GUARD_BYTES) / dims[d])
+                return tr_fail(err, TR_E_INPUT, dir, "buffers[%zu]: byte size overflows", i);
+            bytes *= dims[d];
+        }
+        if (output && got->n >= 64)
+            return tr_fail(err, TR_E_INPUT, dir, "more than 64 outputs");
         uint8_t *data = NULL;
-        int rc = load_file(dir, b, x->bytes + (output ? 2 * CONFORM_GUARD_BYTES : 0), &data, err);
+        int rc = load_file(dir, b, (size_t)bytes + (output ? 2 * CONFORM_GUARD_BYTES : 0), &data, err);
         if (rc != TR_OK)
             return rc;
+        tr_buf *x = tr_bufs_add(dst, name, output ? TR_ROLE_OUTPUT : TR_ROLE_INPUT, dt, (unsigned)nd, dims);
+        if (!x) {
+            tr_dealloc(data);
+            return tr_fail(err, TR_E_NOMEM, dir, "out of memory");
+        }
         if (output) {   /* keep the whole guarded block; the buffer views its middle (freed by the caller) */
-            if (got->n > 64) {
-                tr_dealloc(data);
-                return tr_fail(err, TR_E_INPUT, dir, "more than 64 outputs");
-            }
             tr_dealloc(x->data);
             guarded[got->n - 1] = data;
             x->data = data + CONFORM_GUARD_BYTES;

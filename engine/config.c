@@ -479,6 +479,10 @@ static int parse_dims(cfgp *p, tr_model_config *c)
     positive(p, "num_attention_heads", c->H);
     if (p->rc != TR_OK)
         return p->rc;
+    /* parse_ffn allocates and walks one entry per layer: bound L as the checkpoint reader does (checkpoint.c,
+     * read_config), so that a 1 KB config cannot ask for a 4 GiB table and minutes of loops (found by fuzz/config). */
+    if (c->L > 1000000)
+        return fail(p, TR_E_CONFIG, "num_hidden_layers: must be <= 1000000, got %u", c->L);
     return c->arch == TR_ARCH_GLM4_MOE_LITE ? parse_glm_attention(p, c) : parse_qwen_attention(p, c);
 }
 

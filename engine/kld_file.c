@@ -580,5 +580,11 @@ int tr_tlogits_record(const tr_tlogits *f, uint64_t i, tr_kld_rec *r, tr_error *
     if (r->target >= f->V)
         return tr_fail(err, TR_E_INPUT, f->path, "record %llu: target %u is out of range [0, %u)",
                        (unsigned long long)i, r->target, f->V);
+    /* kld.h promises ids < V too; they were returned unchecked (tr_kld_compare catches them later, but
+     * `study` and other readers of records need not call it; found by fuzz/tlogits) */
+    for (uint32_t j = 0; j < K; j++)
+        if (r->ids[j] >= f->V)
+            return tr_fail(err, TR_E_INPUT, f->path, "record %llu: id %u at slot %u is out of range [0, %u)",
+                           (unsigned long long)i, r->ids[j], j, f->V);
     return TR_OK;
 }

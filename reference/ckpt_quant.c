@@ -9,6 +9,7 @@
 #include "trellis/pack.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -529,7 +530,9 @@ static int build_one(tr_ckpt *c, const qgroup *g, tr_qlinear *q, tr_error *err)
     q->w.bits = ti->data[0];
     q->w.G = (uint32_t)(ts->shape[0] > 0xFFFFFFFFu ? 0xFFFFFFFFu : ts->shape[0]);
     q->w.rotation = m && m->has_rotation ? m->rotation : c->qindex.rotation;
-    q->meta_bits = m && m->has_bits ? (int)m->bits : -1;
+    /* meta_bits keeps the layers[] value only when an int holds it; the mismatch test below uses the value as read
+     * (a cast truncated 2^32 + 4 to 4 and a negative value read as "absent": both lost their TR_W_BITS_MISMATCH). */
+    q->meta_bits = m && m->has_bits && m->bits >= 0 && m->bits <= INT_MAX ? (int)m->bits : -1;
     q->has_meta = m != NULL;
     q->file = path;
     q->bytes = (ti->end - ti->begin) + (ts->end - ts->begin) + (tu->end - tu->begin) + (tv->end - tv->begin);
@@ -559,9 +562,9 @@ static int build_one(tr_ckpt *c, const qgroup *g, tr_qlinear *q, tr_error *err)
     int rc = tr_qweight_check(&q->w, path, g->base, err);
     if (rc != TR_OK)
         return rc;
-    if (q->meta_bits >= 0 && (unsigned)q->meta_bits != q->w.bits)
-        rc = ckpt_warn(c, err, TR_W_BITS_MISMATCH, path, "%s: header byte says %u bits, metadata says %d "
-                       "(the header wins)", ti->name, q->w.bits, q->meta_bits);
+    if (m && m->has_bits && m->bits != (long)q->w.bits)
+        rc = ckpt_warn(c, err, TR_W_BITS_MISMATCH, path, "%s: header byte says %u bits, metadata says %ld "
+                       "(the header wins)", ti->name, q->w.bits, m->bits);
     if (rc == TR_OK)
         rc = f32_view(c, ts, &q->w.scales, err);
     if (rc == TR_OK)

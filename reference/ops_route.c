@@ -227,6 +227,12 @@ int tr_ref_router_topk(const tr_router_cfg *c, const float *logits, uint32_t T, 
     int rc = tr_router_check(c, err);
     if (rc != TR_OK)
         return rc;
+    /* Candidate lists belong to the sparse softmax routers (KERNELS.md §4.9).  With the noaux_tc group limit a group
+     * could hold fewer than two candidates (top1 + top2 undefined: select_k returned -1 and sel[q·G − 1] was read) or
+     * the kept groups fewer than k (id −1 written, count[−1] incremented); found by fuzz/router_topk.  Refused. */
+    if (candidates && c->mode == TR_ROUTER_NOAUX_TC && c->n_group > 1)
+        return tr_fail(err, TR_E_INVALID_PARAM, "router_topk", "candidates are not supported with the noaux_tc group "
+                       "limit (n_group %u > 1)", c->n_group);
     size_t E = c->E;
     router_scratch r;
     r.p = tr_malloc(E * 3 * sizeof(float));

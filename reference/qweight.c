@@ -33,13 +33,21 @@ int tr_qweight_check(const tr_qweight *w, const char *where, const char *key, tr
     if (w->bits != b)
         return tr_fail(err, TR_E_QBITS, where, "%s__indices: bits %u disagree with the header byte %u", key, w->bits,
                        b);
+    /* T_O·T_I·32·b overflows 64 bits for O and I near 2^32 at 8 bits: the wrapped size 0 passed with a 1-byte tensor
+     * (found by fuzz/unpack) */
+    if ((uint64_t)tr_tiles_of(w->O) * tr_tiles_of(w->I) > (UINT64_MAX - 1) / tr_tile_bytes(b))
+        return tr_fail(err, TR_E_QSIZE, where, "%s__indices: [%u,%u] at %u bits needs more than 2^64 bytes", key, w->O,
+                       w->I, b);
     uint64_t body = tr_packed_body_bytes(w->O, w->I, b);
     if (w->indices_len != 1 + body)
         return tr_fail(err, TR_E_QSIZE, where, "%s__indices: 1 + %llu bytes, expected 1 + %llu for [%u,%u] at %u bits",
                        key, (unsigned long long)(w->indices_len - 1), (unsigned long long)body, w->O, w->I, b);
-    if (w->gs == 0 || w->G != (w->I + w->gs - 1) / w->gs)
-        return tr_fail(err, TR_E_QGROUP, where, "%s__scales: %u scale groups, expected %u for I=%u, group size %u",
-                       key, w->G, w->gs ? (w->I + w->gs - 1) / w->gs : 0, w->I, w->gs);
+    /* ceil(I/gs) in 64 bits: I + gs - 1 wrapped for gs > 2^32 - I, so G = 0 passed with an empty scales array and
+     * dequantization read scales[o] out of bounds (found by fuzz/unpack). */
+    uint64_t groups = w->gs ? ((uint64_t)w->I + w->gs - 1) / w->gs : 0;
+    if (w->gs == 0 || w->G != groups)
+        return tr_fail(err, TR_E_QGROUP, where, "%s__scales: %u scale groups, expected %llu for I=%u, group size %u",
+                       key, w->G, (unsigned long long)groups, w->I, w->gs);
     if (w->rotation == TR_ROT_HADAMARD128 && w->I % 128 != 0)
         return tr_fail(err, TR_E_SHAPE, where, "%s: rotation hadamard128 needs I %% 128 == 0, I = %u", key, w->I);
     return TR_OK;

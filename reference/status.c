@@ -61,7 +61,15 @@ int tr_status_at(size_t i) { return i < tr_status_count() ? rows[i].code : -1; }
 static void format_message(char *buf, size_t size, int code, const char *where, const char *fmt, va_list ap)
 {
     int n = 0;
-    if (where && *where)
+    size_t wmax = size / 2, wl = where ? strlen(where) : 0;
+    if (wl > wmax) {
+        /* A where longer than half the text is cut (at a UTF-8 boundary, "..." marks it) so that the code and the
+         * start of the detail always fit: a 1 KB shard name pushed the code out of the message (fuzz/quant_index). */
+        size_t cut = wmax - 3;
+        while (cut > 0 && ((unsigned char)where[cut] & 0xC0) == 0x80)
+            cut--;
+        n = snprintf(buf, size, "%.*s...: %s: ", (int)cut, where, tr_status_name(code));
+    } else if (where && *where)
         n = snprintf(buf, size, "%s: %s: ", where, tr_status_name(code));
     else
         n = snprintf(buf, size, "%s: ", tr_status_name(code));

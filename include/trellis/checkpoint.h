@@ -40,7 +40,7 @@ typedef struct tr_qlinear {
     const char *name;           /* dotted weight name, e.g. "model.layers.1.mlp.experts.3.up_proj.weight" */
     const char *key_base;       /* B as stored (with or without the trailing "__weight") */
     tr_qweight w;               /* view; scales/su/sv point into the mapping or into aligned copies */
-    int meta_bits;              /* bits of the layers[] entry, -1 when absent */
+    int meta_bits;              /* bits of the layers[] entry, -1 when absent or outside [0, INT_MAX] */
     int has_meta;               /* a layers[] entry exists */
     const char *file;           /* path of the file holding B__indices */
     uint64_t bytes;             /* data bytes of the four tensors */

@@ -17,7 +17,9 @@
 #define TR_TILE 16
 #define TR_TILE_ELEMS 256
 
-static inline uint32_t tr_tiles_of(uint32_t n) { return (n + TR_TILE - 1) / TR_TILE; }
+/* In 64 bits: n + 15 wrapped for n > 2^32 - 16, giving 0 tiles and a 0-byte body that tr_qweight_check accepted for
+ * O or I near 2^32 (every index read was then out of bounds; found by fuzz/unpack). */
+static inline uint32_t tr_tiles_of(uint32_t n) { return (uint32_t)(((uint64_t)n + TR_TILE - 1) / TR_TILE); }
 static inline uint32_t tr_tile_bytes(unsigned bits) { return 32u * bits; }
 /* Body bytes (without the header byte) of an [O, I] tensor at b bits: T_O·T_I·32·b. */
 static inline uint64_t tr_packed_body_bytes(uint32_t O, uint32_t I, unsigned bits)
