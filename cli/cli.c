@@ -26,13 +26,15 @@ typedef struct command {
 
 static const command commands[] = {
     {"conform", cmd_conform, "run the conformance suite of every op and variant against the reference"},
-    {"report", cmd_report, "reports from result JSON (merge: combine conformance shards)"},
+    {"report", cmd_report, "summary.md, index.html, junit.xml from result JSON; diff, merge (conformance shards)"},
+    {"study", cmd_study, "accuracy sweep: quantize float models at bit specs, PPL and KLD vs bits per weight"},
     {"inspect", cmd_inspect, "checkpoint directory or safetensors file: layout, tensors, bits, warnings"},
     {"quantize", cmd_quantize, "HF float checkpoint -> trellis v3 with the reference quantizer (FORMAT.md §6.4)"},
     {"dequant", cmd_dequant, "W16 of one quantized tensor as little-endian fp16 [O, I]"},
     {"codebook", cmd_codebook, "EXL3 LUT (3inst|mcg|mul1) or grid table (grid:B)"},
     {"golden", cmd_golden, "verify or regenerate the golden fixtures"},
     {"symbols", cmd_symbols, "kernel entry points of .metal sources against the selection policy"},
+    {"metal", cmd_metal, "Metal emulator: build, list and run .metal kernels on the CPU (METAL.md)"},
     {"logits", cmd_logits, "one prefill over token ids; fp32 logits [T, V] of every position to a file"},
     {"generate", cmd_generate, "raw completion from token ids (greedy or sampled, ENGINE.md §5)"},
     {"chat", cmd_chat, "interactive chat with the model's template (or one reply to --messages FILE.json)"},

@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #if defined(__has_include)
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
@@ -52,6 +53,10 @@ typedef struct conform_args {
     double case_timeout;
     const char *replay;
     const char *metal_math;
+    const char *metal_dirs[8]; /* --metal-dir (repeatable); none: metal/kernels */
+    int nmetal_dirs;
+    const char *metal_schedules;
+    int metal_mma_model;
 } conform_args;
 
 static void help(void)
@@ -61,7 +66,14 @@ static void help(void)
             "                       [--shard I/N] [--json FILE] [--capture-out DIR] [--case-timeout S]\n"
             "                       [--metal-math relaxed|safe|both] [--replay CASE_ID] [--bench [--reps N]]\n"
             "                       [--jobs N] [--no-progress]\n"
-            "  --backend   cpu (default: every available backend but ref), ref, capture:DIR; repeat or comma-separate\n"
+            "                       [--metal-dir DIR]... [--metal-schedules LIST] [--metal-mma-model 0|1]\n"
+            "  --backend   cpu (default: every available backend but ref), ref, metal-emu, capture:DIR; repeat or\n"
+            "              comma-separate\n"
+            "  metal-emu   the .metal kernels of metal/kernels (or of each --metal-dir) run on the CPU emulator\n"
+            "              (METAL.md): kernels named as in KERNELS.md §4 (or registered in the folder's registry.json)\n"
+            "              become variants; each case runs under every schedule of --metal-schedules (default\n"
+            "              sg_greedy,random = RANDOM(case seed)) and differing outputs FAIL; --metal-math selects the\n"
+            "              bound's math mode (relaxed, the Metal default; safe; both runs each case twice)\n"
             "  --ops       comma-separated fnmatch patterns on <op>/<variant>; a pattern without '/' matches <op>.\n"
             "              With --backend ref, an <op>/<variant> pattern also selects foreign variants (the reference\n"
             "              computes them in their accumulation mode), e.g. to make captures for mutation tests.\n"
@@ -130,6 +142,8 @@ typedef struct run_state {
     int nw;
     unsigned counts[TR_VERDICT_COUNT];
     json_t *capture_entries;
+    cmetal_set *mset;          /* metal-emu: the built folders and their variants */
+    cmetal_cfg mcfg;
 } run_state;
 
 static double now_s(void)
@@ -155,11 +169,15 @@ static void child_no_leak_check(void)
 static void child_run(run_state *s, const tr_case *c, json_t *capture_case, int fd)
 {
     child_no_leak_check();
-    conform_source src = {NULL, capture_case, s->capture_dir};
+    conform_source src = {NULL, capture_case, s->capture_dir, NULL, NULL};
     conform_opts o = {s->backend, s->a->bench, s->a->reps, s->a->capture_out, s->a->case_timeout};
     tr_error err;
     json_t *res;
-    if (!capture_case && tr_backend_create(s->backend, 0, &src.be, &err) != TR_OK) {
+    if (s->mset) {
+        src.mv = cmetal_of_variant(s->mset, c->variant);
+        src.mcfg = &s->mcfg;
+        res = conform_exec(c, &src, &o);
+    } else if (!capture_case && tr_backend_create(s->backend, 0, &src.be, &err) != TR_OK) {
         res = json_object();
         json_object_set_new(res, "status", json_string("UNSUPPORTED"));
         json_object_set_new(res, "detail", json_string(err.text));
@@ -192,6 +210,8 @@ static json_t *synthetic_result(const tr_case *c, const char *backend, const cha
     json_object_set_new(o, "op", json_string(c->op->name));
     json_object_set_new(o, "variant", json_string(c->variant->id));
     json_object_set_new(o, "class", json_string(tr_class_name(tr_case_class(c))));
+    json_object_set_new(o, "metal_math", c->metal ? json_string(c->metal_math == TR_MATH_SAFE ? "safe" : "relaxed")
+                                                  : json_null());
     json_object_set_new(o, "status", json_string(status));
     json_object_set_new(o, "detail", json_string(detail));
     json_object_set_new(o, "replay", json_string(replay));
@@ -320,7 +340,8 @@ static void reap(run_state *s)
     }
 }
 
-static int dispatch(run_state *s, const tr_case *c, json_t *capture_case)
+/* Room for one more case. */
+static int grow(run_state *s)
 {
     if (s->n == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 256;
@@ -333,6 +354,24 @@ static int dispatch(run_state *s, const tr_case *c, json_t *capture_case)
         s->results = rs;
         s->cap = cap;
     }
+    return TR_OK;
+}
+
+/* A case judged without running it (UNSUPPORTED: binding mismatch or declared domain). */
+static int settle(run_state *s, const tr_case *c, const char *status, const char *detail)
+{
+    if (grow(s) != TR_OK)
+        return TR_E_NOMEM;
+    s->cases[s->n] = *c;
+    s->results[s->n++] = synthetic_result(c, s->backend, status, detail);
+    print_ready(s);
+    return TR_OK;
+}
+
+static int dispatch(run_state *s, const tr_case *c, json_t *capture_case)
+{
+    if (grow(s) != TR_OK)
+        return TR_E_NOMEM;
     s->cases[s->n] = *c;
     s->results[s->n] = NULL;
     size_t slot = s->n++;
@@ -407,6 +446,83 @@ static int run_registry(run_state *s, tr_error *err)
     return TR_OK;
 }
 
+/* Math modes of the metal-emu cases (--metal-math). */
+static int metal_maths(const conform_args *a, int *modes)
+{
+    if (a->metal_math && !strcmp(a->metal_math, "both")) {
+        modes[0] = TR_MATH_RELAXED;
+        modes[1] = TR_MATH_SAFE;
+        return 2;
+    }
+    modes[0] = a->metal_math && !strcmp(a->metal_math, "safe") ? TR_MATH_SAFE : TR_MATH_RELAXED;
+    return 1;
+}
+
+/* One metal-emu variant: every point of the tier (times each math mode); cases outside the variant's declared
+ * domain, or of a kernel whose parameters do not match the binding family, are UNSUPPORTED without running. */
+static int run_metal_variant(run_state *s, const cmetal_variant *mv, uint64_t *number, tr_error *err)
+{
+    const conform_args *a = s->a;
+    int explicit_variant, modes[2], nm = metal_maths(a, modes);
+    if (!ops_match(a->ops, mv->op->name, mv->v.id, &explicit_variant))
+        return TR_OK;
+    tr_point_iter it;
+    if (tr_point_iter_init(&it, mv->op, a->tier, err) != TR_OK)
+        return err->code;
+    char text[TR_CASE_ID_MAX];
+    int rc = TR_OK;
+    while (rc == TR_OK && tr_point_iter_next(&it, text, sizeof text))
+        for (int mi = 0; rc == TR_OK && mi < nm; mi++) {
+            uint64_t idx = (*number)++;
+            if (idx % a->nshards != a->shard)
+                continue;
+            tr_case c;
+            if (tr_case_init(&c, mv->op, &mv->v, text, 0, a->seed) != TR_OK) {
+                rc = tr_fail(err, TR_E_INTERNAL, mv->op->name, "bad parameter text %s", text);
+                break;
+            }
+            c.metal_math = modes[mi];
+            c.index = idx;
+            char why[512];
+            if (cmetal_unsupported(mv, &c, why, sizeof why))
+                rc = settle(s, &c, "UNSUPPORTED", why);
+            else
+                rc = dispatch(s, &c, NULL);
+            if (rc != TR_OK)
+                rc = tr_fail(err, TR_E_NOMEM, CMD, "cannot start a worker");
+            else if (s->n % 16 == 0)
+                progress(s, idx + 1);
+        }
+    tr_point_iter_free(&it);
+    return rc;
+}
+
+/* metal-emu: per op (KERNELS.md §4 order) the variants the folders provide, in the op's table order (a symbol's
+ * record first; our canonical kernels take the place of the symbol they implement), then registered extras. */
+static int run_metal(run_state *s, tr_error *err)
+{
+    uint64_t number = 0;
+    size_t n = cmetal_count(s->mset);
+    for (size_t oi = 0; oi < tr_registry_count(); oi++) {
+        const tr_opdef *op = tr_registry_op(oi);
+        for (int vi = 0; vi <= op->nvariants; vi++)
+            for (size_t j = 0; j < n; j++) {
+                const cmetal_variant *mv = cmetal_at(s->mset, j);
+                if (mv->op != op)
+                    continue;
+                int in_table = 0;
+                for (int t = 0; t < op->nvariants && !in_table; t++)
+                    in_table = !strcmp(op->variants[t].symbol, mv->v.symbol);
+                if (vi < op->nvariants ? strcmp(op->variants[vi].symbol, mv->v.symbol) != 0 : in_table)
+                    continue;
+                int rc = run_metal_variant(s, mv, &number, err);
+                if (rc != TR_OK)
+                    return rc;
+            }
+    }
+    return TR_OK;
+}
+
 /* Every case of a capture folder, numbered in manifest order. */
 static int run_capture(run_state *s, tr_error *err)
 {
@@ -476,7 +592,11 @@ static int write_results(run_state *s, const char *path, const char *started, un
     json_object_set_new(dev, "name", json_string(s->backend));
     tr_backend *be = NULL;
     tr_error err;
-    if (!s->capture_dir && tr_backend_create(s->backend, 1, &be, &err) == TR_OK)
+    if (s->mset) {
+        json_object_set_new(dev, "description", json_string("CPU emulation of Metal kernels (METAL.md): one fiber per "
+                                                            "lane, 32-lane simdgroups"));
+        json_object_set_new(doc, "metal_emu", cmetal_set_json(s->mset));
+    } else if (!s->capture_dir && tr_backend_create(s->backend, 1, &be, &err) == TR_OK)
         json_object_set_new(dev, "description", json_string(be->device));
     tr_backend_destroy(be);
     json_object_set_new(doc, "device", dev);
@@ -622,6 +742,25 @@ static int parse_args(int argc, char **argv, conform_args *a)
             if (r < 0 || (strcmp(v, "relaxed") && strcmp(v, "safe") && strcmp(v, "both")))
                 return cli_usage(CMD, "--metal-math is relaxed, safe or both");
             a->metal_math = v;
+        } else if ((r = cli_opt(argc, argv, &i, "--metal-dir", &v)) != 0) {
+            if (r < 0 || a->nmetal_dirs == 8)
+                return cli_usage(CMD, "--metal-dir needs a folder (at most 8)");
+            a->metal_dirs[a->nmetal_dirs++] = v;
+        } else if ((r = cli_opt(argc, argv, &i, "--metal-schedules", &v)) != 0) {
+            if (r < 0)
+                return cli_usage(CMD, "--metal-schedules needs a list (sg_greedy,random,forward,reverse,random:SEED)");
+            for (char buf[512], *save = NULL, *p = (snprintf(buf, sizeof buf, "%s", v), strtok_r(buf, ",", &save)); p;
+                 p = strtok_r(NULL, ",", &save)) {
+                tr_mtl_schedule t;
+                if (tr_mtl_schedule_parse(p, &t) != 0)
+                    return cli_usage(CMD, "--metal-schedules: \"%s\" is not sg_greedy, forward, reverse, random or "
+                                     "random:SEED", p);
+            }
+            a->metal_schedules = v;
+        } else if ((r = cli_opt(argc, argv, &i, "--metal-mma-model", &v)) != 0) {
+            if (r < 0 || (strcmp(v, "0") && strcmp(v, "1")))
+                return cli_usage(CMD, "--metal-mma-model is 0 or 1");
+            a->metal_mma_model = atoi(v);
         } else if ((r = cli_opt(argc, argv, &i, "--reps", &v)) != 0) {
             if (r < 0 || (a->reps = atoi(v)) < 1)
                 return cli_usage(CMD, "--reps needs a positive integer");
@@ -660,6 +799,31 @@ static int parse_args(int argc, char **argv, conform_args *a)
 static int run_replay(run_state *s, tr_error *err)
 {
     tr_case c;
+    if (s->mset) {   /* metal-emu: the variant comes from the built folders */
+        char buf[TR_CASE_ID_MAX];
+        snprintf(buf, sizeof buf, "%s", s->a->replay);
+        char *var = strchr(buf, '/'), *params = var ? strchr(var + 1, '/') : NULL;
+        char *rep = params ? strrchr(params + 1, '/') : NULL;
+        if (!rep)
+            return tr_fail(err, TR_E_INVALID_PARAM, s->a->replay, "a case id reads <op>/<variant>/<params>/<rep>");
+        *var++ = *params++ = *rep++ = '\0';
+        const cmetal_variant *mv = cmetal_find(s->mset, buf, var);
+        if (!mv)
+            return tr_fail(err, TR_E_INVALID_PARAM, s->a->replay, "no kernel of the loaded folders provides %s/%s",
+                           buf, var);
+        if (tr_case_init(&c, mv->op, &mv->v, params, atoi(rep), s->a->seed) != TR_OK)
+            return tr_fail(err, TR_E_INVALID_PARAM, s->a->replay, "malformed parameters \"%s\"", params);
+        int modes[2];
+        metal_maths(s->a, modes);
+        c.metal_math = modes[0];
+        c.index = 0;
+        char why[512];
+        if (cmetal_unsupported(mv, &c, why, sizeof why))
+            return settle(s, &c, "UNSUPPORTED", why) == TR_OK ? TR_OK : tr_fail(err, TR_E_NOMEM, CMD, "out of memory");
+        if (dispatch(s, &c, NULL) != TR_OK)
+            return tr_fail(err, TR_E_NOMEM, CMD, "cannot start a worker");
+        return TR_OK;
+    }
     if (tr_case_from_id(&c, s->a->replay, s->a->seed, err) != TR_OK)
         return err->code;
     c.index = 0;
@@ -692,6 +856,51 @@ static char *json_path_for(const conform_args *a, const char *backend)
     return p;
 }
 
+/* metal-emu: build the folders (content-hash cache), map their kernels, say what was found. */
+static int open_metal(run_state *s, tr_error *err)
+{
+    const conform_args *a = s->a;
+    cmetal_cfg *m = &s->mcfg;
+    memset(m, 0, sizeof *m);
+    for (int i = 0; i < a->nmetal_dirs; i++)
+        m->dirs[m->ndirs++] = a->metal_dirs[i];
+    if (!m->ndirs) {
+        m->dirs[m->ndirs++] = "metal/kernels";
+        m->default_dirs = 1;
+    }
+    if (a->metal_schedules) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", a->metal_schedules);
+        for (char *save = NULL, *p = strtok_r(buf, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+            if (m->nsched == 8 || tr_mtl_schedule_parse(p, &m->sched[m->nsched]) != 0)
+                return tr_fail(err, TR_E_USAGE, "--metal-schedules", "\"%s\": expected up to 8 of sg_greedy, forward, "
+                               "reverse, random (the case seed), random:SEED", p);
+            m->sched_case_seed[m->nsched++] = !strcasecmp(p, "random");
+        }
+    }
+    m->mma_model = a->metal_mma_model;
+    m->workers = a->jobs > 1 ? 1 : 0;   /* the cases already run in parallel workers */
+    m->timeout = a->case_timeout;
+    m->strict = a->strict;
+    int rc = cmetal_open(m, &s->mset, err);
+    if (rc != TR_OK)
+        return rc;
+    char extra[1200] = "";
+    size_t at = 0;
+    for (int i = 0; i < a->nmetal_dirs && at < sizeof extra - 200; i++)
+        at += (size_t)snprintf(extra + at, sizeof extra - at, " --metal-dir '%s'", a->metal_dirs[i]);
+    if (a->metal_schedules && at < sizeof extra - 200)
+        at += (size_t)snprintf(extra + at, sizeof extra - at, " --metal-schedules '%s'", a->metal_schedules);
+    if (a->metal_mma_model)
+        snprintf(extra + at, sizeof extra - at, " --metal-mma-model 1");
+    conform_replay_extra(extra);
+    if (cmetal_kernel_total(s->mset) == 0 && cmetal_failed_files(s->mset) == 0)
+        fprintf(cli_out, "metal-emu: no .metal kernels in %s yet: nothing to run\n", m->dirs[0]);
+    else
+        cmetal_print_summary(s->mset, cli_out);
+    return TR_OK;
+}
+
 static int run_backend(const conform_args *a, const char *backend)
 {
     unsigned long mark = tr_json_mark();
@@ -705,9 +914,11 @@ static int run_backend(const conform_args *a, const char *backend)
     if (!strncmp(backend, "capture:", 8)) {
         s.capture_dir = backend + 8;
         rc = capture_read_manifest(s.capture_dir, &s.capture_manifest, &err);
-    } else if (!tr_backend_available(backend))
+    } else if (!strcmp(backend, "metal-emu"))
+        rc = open_metal(&s, &err);
+    else if (!tr_backend_available(backend))
         rc = tr_fail(&err, TR_E_UNSUPPORTED, backend, "backend not available in this build (available: ref, cpu, "
-                     "capture:DIR)");
+                     "metal-emu, capture:DIR)");
     if (rc != TR_OK) {
         json_decref(s.capture_entries);
         return cli_fail(CMD, &err);
@@ -716,7 +927,10 @@ static int run_backend(const conform_args *a, const char *backend)
     time_t t = time(NULL);
     strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
     double t0 = now_s();
-    rc = s.capture_dir ? run_capture(&s, &err) : a->replay ? run_replay(&s, &err) : run_registry(&s, &err);
+    rc = s.capture_dir ? run_capture(&s, &err)
+         : a->replay   ? run_replay(&s, &err)
+         : s.mset      ? run_metal(&s, &err)
+                       : run_registry(&s, &err);
     while (s.nw > 0)
         reap(&s);
     if (a->progress)
@@ -732,6 +946,8 @@ static int run_backend(const conform_args *a, const char *backend)
     for (int v = 0; v < TR_VERDICT_COUNT && out == CLI_OK; v++)
         if (s.counts[v] && is_failure(a, v))
             out = CLI_FAILURES;
+    if (out == CLI_OK && s.mset && cmetal_failed_files(s.mset))
+        out = CLI_FAILURES;   /* a .metal file that does not build is a failure (listed above) */
     if (a->bench)
         bench_summary(&s);
     char *path = json_path_for(a, backend);
@@ -749,6 +965,7 @@ static int run_backend(const conform_args *a, const char *backend)
     tr_dealloc(s.cases);
     json_decref(s.capture_entries);
     json_decref(s.capture_manifest);
+    cmetal_close(s.mset);
     return out;
 }
 

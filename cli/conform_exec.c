@@ -26,10 +26,15 @@ static double now_us(void)
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
+static char replay_extra[1200];
+
+void conform_replay_extra(const char *extra) { snprintf(replay_extra, sizeof replay_extra, "%s", extra ? extra : ""); }
+
 void conform_replay(char *buf, size_t cap, const char *backend, const tr_case *c)
 {
-    snprintf(buf, cap, "trellis conform --backend %s --replay '%s' --seed %llu", backend, c->id,
-             (unsigned long long)c->master_seed);
+    snprintf(buf, cap, "trellis conform --backend %s --replay '%s' --seed %llu%s%.400s", backend, c->id,
+             (unsigned long long)c->master_seed, c->metal_math == TR_MATH_SAFE ? " --metal-math safe" : "",
+             replay_extra);
 }
 
 uint8_t *conform_guarded_alloc(size_t n)
@@ -87,7 +92,8 @@ static json_t *result_json(const tr_case *c, const char *backend, const tr_resul
     json_object_set_new(o, "params", params_json(c));
     int has_acc = tr_params_str(&c->params, "acc") || strcmp(c->variant->backend, "metal") == 0;
     json_object_set_new(o, "acc", has_acc ? json_string(tr_case_acc_f16(c) ? "f16" : "f32") : json_null());
-    json_object_set_new(o, "metal_math", json_null());
+    json_object_set_new(o, "metal_math", c->metal ? json_string(c->metal_math == TR_MATH_SAFE ? "safe" : "relaxed")
+                                                  : json_null());
     json_object_set_new(o, "class", json_string(tr_class_name(r->cls)));
     json_object_set_new(o, "status", json_string(tr_verdict_name(r->status)));
     json_object_set_new(o, "max_abs", tr_json_real(r->max_abs));
@@ -334,6 +340,7 @@ json_t *conform_exec(const tr_case *c, const conform_source *src, const conform_
     uint8_t *guarded[64] = {0};
     double t_us = -1, ref_us = -1;
     json_t *capture = NULL;
+    cmetal_run *mrun = NULL;
     tr_error_clear(&err);
     int rc = src->be || !src->capture_case
                  ? c->op->make(c, &in, &shapes, &err)
@@ -363,18 +370,24 @@ json_t *conform_exec(const tr_case *c, const conform_source *src, const conform_
         verdict_only(&r, c, rc == TR_E_NOMEM ? TR_RESOURCE_ERROR : TR_FAIL, "reference: %s", err.text);
         goto done;
     }
-    if (src->be) {
+    if (src->be || src->mv) {
         if (alloc_got(&shapes, &got, guarded) != TR_OK) {
             verdict_only(&r, c, TR_RESOURCE_ERROR, "%s", "cannot allocate outputs");
             goto done;
         }
         tr_error_clear(&err);
-        kernel_alarm(o->kernel_timeout);
+        if (!src->mv)
+            kernel_alarm(o->kernel_timeout);   /* armed before the injected fault, so a hang meets it */
         t0 = now_us();
         injected_fault(c);
-        rc = c->op->run(c, src->be, &in, &got, &err);
-        t_us = now_us() - t0;
-        kernel_alarm(0);
+        if (src->mv) {   /* the emulator's watchdog holds each launch to the case timeout */
+            rc = cmetal_run_case(src->mv, src->mcfg, c, &in, &got, &mrun, &err);
+            t_us = mrun && cmetal_seconds(mrun) >= 0 ? cmetal_seconds(mrun) * 1e6 : now_us() - t0;
+        } else {
+            rc = c->op->run(c, src->be, &in, &got, &err);
+            t_us = now_us() - t0;
+            kernel_alarm(0);
+        }
     } else
         rc = -1;   /* a capture: no return code */
     if (e.status != TR_OK)
@@ -383,22 +396,27 @@ json_t *conform_exec(const tr_case *c, const conform_source *src, const conform_
         verdict_only(&r, c, verdict_of_error(rc), "backend: %s", err.text);
     else if (self_check(c, &e, &r))
         tr_compare(c, &got, &e, &r);
+    if (mrun && rc == TR_OK && e.status == TR_OK)
+        cmetal_verdict(mrun, &r);
     if (r.status != TR_CRASH)
         check_guards(&got, guarded, &r);
-    if (o->bench && src->be && rc == TR_OK && e.status == TR_OK) {
-        t_us = time_runs(c, src->be, &in, &shapes, o->reps);
+    if (o->bench && (src->be || mrun) && rc == TR_OK && e.status == TR_OK) {
+        t_us = mrun ? cmetal_time(mrun, o->reps) * 1e6 : time_runs(c, src->be, &in, &shapes, o->reps);
         ref_us = time_runs(c, NULL, &in, &shapes, o->reps);
     } else if (!o->bench)
         ref_us = -1;
-    if (o->capture_out && src->be) {
+    if (o->capture_out && (src->be || src->mv)) {
         capture = capture_write_case(o->capture_out, c->index, c, &in, &got, guarded, &err);
         if (!capture && r.status == TR_PASS)
             verdict_only(&r, c, TR_RESOURCE_ERROR, "capture: %s", err.text);
     }
 done:;
-    json_t *res = result_json(c, o->backend_name, &r, src->be ? t_us : -1, ref_us);
+    json_t *res = result_json(c, o->backend_name, &r, src->be || src->mv ? t_us : -1, ref_us);
     if (capture)
         json_object_set_new(res, "capture", capture);
+    if (mrun)
+        json_object_set_new(res, "metal_emu", cmetal_run_json(mrun));
+    cmetal_run_free(mrun);
     tr_bufs_free(&in);
     tr_bufs_free(&shapes);
     tr_expect_free(&e);

@@ -642,7 +642,7 @@ static int judge_op_capture(const golden_ctx *g, const char *dir, char *why, siz
             rc = failf(why, wl, TR_E_INPUT, "%s", err.text);
             break;
         }
-        conform_source src = {NULL, e, dir};
+        conform_source src = {NULL, e, dir, NULL, NULL};
         conform_opts o = {"golden", 0, 1, NULL, 0};
         json_t *r = conform_exec(&c, &src, &o);
         const char *status = jstr(json_object_get(r, "status"));

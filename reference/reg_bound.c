@@ -7,13 +7,15 @@
 #include "trellis/numeric.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 double reg_unit(const tr_case *c) { return tr_case_acc_f16(c) ? ldexp(1.0, -11) : ldexp(1.0, -24); }
 
 double reg_eta(const tr_case *c)
 {
-    int relaxed = c->metal;   /* Metal relaxed math may flush subnormals */
+    int relaxed = c->metal_math == TR_MATH_RELAXED;   /* Metal relaxed math may flush subnormals */
     if (tr_case_acc_f16(c))
         return relaxed ? ldexp(1.0, -14) : ldexp(1.0, -25);
     return relaxed ? ldexp(1.0, -126) : ldexp(1.0, -150);
@@ -56,4 +58,33 @@ double reg_slack(const tr_case *c, double w16)
     if (c->variant->dequant_slack <= 0)
         return 0.0;
     return ldexp(1.0, -9) * fabs(w16) + ldexp(1.0, -24);
+}
+
+double reg_e_exp(const tr_case *c, double g)
+{
+    if (c->metal_math == TR_MATH_SAFE)
+        return 4.0;
+    if (c->metal_math == TR_MATH_RELAXED)
+        return 3.0 + floor(2.0 * fabs(g));
+    return c->variant->e_exp ? (double)c->variant->e_exp : 1.0;
+}
+
+int reg_dom_why(char *why, size_t cap, const char *fmt, ...)
+{
+    if (why && cap) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, cap, fmt, ap);
+        va_end(ap);
+    }
+    return 0;
+}
+
+int reg_dom_acc(const tr_case *c, char *why, size_t cap)
+{
+    const char *acc = tr_params_str(&c->params, "acc");
+    if (acc && strcmp(acc, c->variant->acc_f16 ? "f16" : "f32"))
+        return reg_dom_why(why, cap, "acc=%s (the variant accumulates in %s)", c->variant->acc_f16 ? "f16" : "f32",
+                           c->variant->acc_f16 ? "f16" : "f32");
+    return 1;
 }

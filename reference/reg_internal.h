@@ -109,4 +109,19 @@ int reg_tuple_parse(const char *s, unsigned t[3]);
 int reg_fit_exponent(double sum, double limit);
 
 #define REG_VARIANTS_REF_CPU(cls)                                                                                    \
-    {"ref", "ref", "ref", 0, 1, cls, "", 0, 1, 0, ""}, {"cpu", "cpu", "cpu", 0, 1, cls, "", 0, 1, 0, ""}
+    {"ref", "ref", "ref", 0, 1, cls, "", 0, 1, 0, "", NULL, NULL, NULL, 0},                                            \
+    {"cpu", "cpu", "cpu", 0, 1, cls, "", 0, 1, 0, "", NULL, NULL, NULL, 0}
+
+/* A foreign Metal variant of KERNELS.md §4 (order unspecified): id, symbol, acc f16?, class, adapter, binding family
+ * and launch ids (cli/conform_metal.c), domain predicate and text, dequant slack (H16), order-free accumulation.
+ * e_exp is 3 (Metal relaxed math; the bound uses 3 + floor(2|g|) relaxed, 4 safe: reg_e_exp). */
+#define REG_METAL(id, sym, f16, cls, adapter, binding, launch, dom, text, slack, ofree)                               \
+    {id, sym, "metal", f16, 0, cls, adapter, 0, 3, slack, text, binding, launch, dom, ofree}
+
+/* e_exp of KERNELS.md §2.3 for an activation input g: 1 for ref/cpu (the variant's), 4 for Metal safe math,
+ * 3 + floor(2|g|) for Metal relaxed math. */
+double reg_e_exp(const tr_case *c, double g);
+
+/* Domain helpers shared by the Metal variant records (reg_metal_domain.c). */
+int reg_dom_acc(const tr_case *c, char *why, size_t cap);           /* the case's acc axis equals the variant's */
+int reg_dom_why(char *why, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));   /* returns 0 */

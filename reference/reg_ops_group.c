@@ -215,7 +215,7 @@ static const tr_axis gather_axes[] = {
 };
 static const tr_variant gather_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
-    {"moe_gather_for_experts", "moe_gather_for_experts", "metal", 0, 0, TR_CLASS_EXACT, "", 0, 0, 0, ""},
+    REG_METAL("moe_gather_for_experts", "moe_gather_for_experts", 0, TR_CLASS_EXACT, "", NULL, NULL, NULL, "", 0, 0),
 };
 
 /* x f16 [T][H]; tokens = the token view of a uniform routing over 8 experts (k <= 8). */
@@ -273,8 +273,8 @@ static const tr_axis combine_axes[] = {
 };
 static const tr_variant combine_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    {"moe_combine_weighted", "moe_combine_weighted", "metal", 1, 0, TR_CLASS_TOLERANT, "H16", 0, 0, 0, ""},
-    {"moe_combine_fp32_acc", "moe_combine_fp32_acc", "metal", 0, 0, TR_CLASS_TOLERANT, "", 0, 0, 0, ""},
+    REG_METAL("moe_combine_weighted", "moe_combine_weighted", 1, TR_CLASS_TOLERANT, "H16", NULL, NULL, NULL, "", 0, 0),
+    REG_METAL("moe_combine_fp32_acc", "moe_combine_fp32_acc", 0, TR_CLASS_TOLERANT, "", NULL, NULL, NULL, "", 0, 0),
 };
 
 static int combine_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
@@ -381,7 +381,7 @@ static const char *const cn_v[] = {"n=1", "n=7", "n=64", "n=1000"};
 static const tr_axis cast_axes[] = {{"n", cn_v, NV(cn_v), 0, 0}, REG_VALUES_INIT};
 static const tr_variant cast_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
-    {"moe_finalize_output", "moe_finalize_output", "metal", 0, 0, TR_CLASS_EXACT, "", 0, 0, 0, ""},
+    REG_METAL("moe_finalize_output", "moe_finalize_output", 0, TR_CLASS_EXACT, "", NULL, NULL, NULL, "", 0, 0),
 };
 
 static int cast_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)

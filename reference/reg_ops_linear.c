@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define NV(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -59,9 +60,39 @@ static const char *const dequant_always[] = {
     "b=4;O=2048;I=10240;" DQ_DEFAULTS, "b=4;O=64;I=2048;" DQ_DEFAULTS,
 };
 
+/* KERNELS.md §4.1: NOSIGN variants have no su/sv (domain signs = unit); _aligned writes 4 outputs per thread. */
+static int dq_nosign(const tr_case *c, char *why, size_t cap)
+{
+    if (!tr_params_is(&c->params, "signs", "unit"))
+        return reg_dom_why(why, cap, "NOSIGN adapter: the variant has no su/sv (signs=unit only)");
+    return 1;
+}
+
+static int dq_aligned(const tr_case *c, char *why, size_t cap)
+{
+    if (tr_params_int(&c->params, "O", 1) % 4 != 0)
+        return reg_dom_why(why, cap, "O %% 4 = 0");
+    return dq_nosign(c, why, cap);
+}
+
+#define DQ(sym, adapter, binding, launch, dom, text)                                                                  \
+    REG_METAL(sym, sym, 0, TR_CLASS_EXACT, adapter, binding, launch, dom, text, 0, 0)
 static const tr_variant dequant_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
-    {"dequant_trellis_packed", "dequant_trellis_packed", "metal", 0, 0, TR_CLASS_EXACT, "PK", 0, 0, 0, ""},
+    DQ("dequant_trellis_packed", "PK", "DQ_PK", "TG16", NULL, ""),
+    DQ("dequant_trellis_packed_vec4", "PK", "DQ_PK", "TG16V4", NULL, ""),
+    DQ("dequant_trellis_packed_cached", "PK", "DQ_PK", "TG16", NULL, ""),
+    DQ("dequant_trellis_packed_cached_vec4", "PK", "DQ_PK", "TG16V4", NULL, ""),
+    DQ("dequant_trellis_packed_tiled_vec4", "PK", "DQ_PK", "TILE64", NULL, ""),
+    DQ("dequant_trellis_packed_tiled_cached_vec4", "PK", "DQ_PK", "TILE64", NULL, ""),
+    DQ("dequant_trellis_packed_tex", "TEX", "DQ_TEX", "TG16", NULL, ""),
+    DQ("dequant_trellis", "I16+NOSIGN", "DQ_I16", "TG16", dq_nosign, "signs=unit"),
+    DQ("dequant_trellis_tiled", "I16+NOSIGN", "DQ_I16", "TILE256", dq_nosign, "signs=unit"),
+    DQ("dequant_trellis_tiled_cached", "I16+NOSIGN", "DQ_I16", "TILE256", dq_nosign, "signs=unit"),
+    DQ("dequant_trellis_aligned", "I16+NOSIGN", "DQ_I16", "TG16A4", dq_aligned, "O%4=0;signs=unit"),
+    DQ("dequant_trellis_with_signs", "I16", "DQ_I16S", "TG16", NULL, ""),
+    DQ("dequant_trellis_bulk", "BULK+NOSIGN", "DQ_BULK", "BULK", dq_nosign,
+       "gs%16=0;S constant over each 16 outputs;signs=unit"),
 };
 
 static reg_qspec qspec_from(const tr_case *c, uint32_t O, uint32_t I, unsigned bits)
@@ -76,6 +107,13 @@ static int dequant_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *e
     uint32_t O = pint(c, "O", 1), I = pint(c, "I", 1);
     reg_qspec s = qspec_from(c, O, I, pint(c, "b", 4));
     int rc = reg_make_qweight(c, in, "w", &s, err);
+    if (rc == TR_OK && strstr(c->variant->adapter, "BULK")) {   /* BULK: one scale per tile, S constant over 16 outputs */
+        tr_buf *S = tr_bufs_get(in, "w.scales");
+        float *sd = (float *)(void *)S->data;
+        for (uint64_t g = 0; g < S->shape[0]; g++)
+            for (uint64_t o = 0; o < O; o++)
+                sd[g * O + o] = sd[g * O + (o & ~(uint64_t)15)];
+    }
     uint64_t shape[2] = {O, I};
     if (rc == TR_OK && !tr_bufs_add(out, "w16", TR_ROLE_OUTPUT, TR_DT_F16, 2, shape))
         rc = tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
@@ -98,9 +136,18 @@ const tr_opdef reg_op_dequant_grid = {
 /* ---- sign_flip --------------------------------------------------------------------------------------------------- */
 
 static const tr_axis sign_axes[] = {REG_DIMS_K_INIT, REG_DIMS_N_INIT, REG_SIGNS_INIT, REG_VALUES_INIT};
+static int sign_vec4(const tr_case *c, char *why, size_t cap)
+{
+    if (tr_params_int(&c->params, "N", 1) % 4 != 0)
+        return reg_dom_why(why, cap, "N %% 4 = 0");
+    return 1;
+}
+
 static const tr_variant sign_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
-    {"apply_sign_flips", "apply_sign_flips", "metal", 0, 0, TR_CLASS_EXACT, "", 0, 0, 0, ""},
+    REG_METAL("apply_sign_flips", "apply_sign_flips", 0, TR_CLASS_EXACT, "", "SIGN", "TG16", NULL, "in place", 0, 0),
+    REG_METAL("apply_sign_flips_vec4", "apply_sign_flips_vec4", 0, TR_CLASS_EXACT, "", "SIGN", "TG16A4", sign_vec4,
+              "N%4=0; in place", 0, 0),
 };
 
 static int sign_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
@@ -161,9 +208,68 @@ static const tr_axis hadamard_axes[] = {
     {"n", hn_v, NV(hn_v), 0, 0}, {"shape", hshape_v, NV(hshape_v), 0, 0}, {"dtype", hdtype_v, 2, 0, 0},
     {"norm", hnorm_v, 2, 0, 0}, {"direction", hdir_v, 2, 0, 0}, {"scale", hscale_v, 3, 0, 0}, REG_VALUES_INIT,
 };
+/* KERNELS.md §4.3: the layout, block size and normalisation each symbol declares, read from its name and binding
+ * family.  The data format (f16 or f32) of the row kernels is the kernel's own: the runner checks it against the
+ * case's dtype when it binds (cli/conform_metal.c). */
+static int had_domain(const tr_case *c, char *why, size_t cap)
+{
+    const char *sym = c->variant->symbol, *b = c->variant->binding;
+    const tr_params *p = &c->params;
+    int rows = !strncmp(b, "HAD_ROWS", 8), n = 64;
+    const char *digits = strpbrk(sym, "0123456789");
+    if (digits && strcmp(b, "HAD_COLS_BS"))
+        n = atoi(digits);
+    if (!strcmp(sym, "test_hadamard_roundtrip_64"))
+        return reg_dom_why(why, cap, "forward twice then 1/64: no point of the registry's hadamard op");
+    if (tr_params_is(p, "layout", rows ? "cols" : "rows"))
+        return reg_dom_why(why, cap, "layout=%s", rows ? "rows" : "cols");
+    if (tr_params_int(p, "n", 0) != n)
+        return reg_dom_why(why, cap, "n=%d", n);
+    if (!strcmp(b, "HAD_ROWS_SCALED")) {
+        if (!tr_params_is(p, "norm", "ortho") || tr_params_is(p, "scale", "none"))
+            return reg_dom_why(why, cap, "norm=ortho with a pre- or post-scale");
+        return 1;
+    }
+    if (!tr_params_is(p, "scale", "none"))
+        return reg_dom_why(why, cap, "scale=none");
+    if (!strcmp(b, "HAD_ROWS3") &&
+        !(tr_params_is(p, "direction", "inverse") && tr_params_is(p, "norm", "none")))
+        return reg_dom_why(why, cap, "direction=inverse;norm=none");
+    if (!rows) {
+        if (!tr_params_is(p, "norm", "ortho"))
+            return reg_dom_why(why, cap, "norm=ortho");
+        if (!tr_params_is(p, "dtype", strstr(sym, "_float") ? "f32" : "f16"))
+            return reg_dom_why(why, cap, "dtype=%s", strstr(sym, "_float") ? "f32" : "f16");
+    }
+    return 1;
+}
+
+#define HAD(sym, binding, launch, text)                                                                               \
+    {sym, sym, "metal", 0, 1, TR_CLASS_ORDERED, "", 0, 0, 0, text, binding, launch, had_domain, 0}
 static const tr_variant hadamard_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    {"hadamard_transform_64", "hadamard_transform_64", "metal", 0, 1, TR_CLASS_ORDERED, "", 0, 0, 0, "n=64 rows"},
+    HAD("hadamard_transform_32", "HAD_ROWS", "ROW32", "rows;n=32"),
+    HAD("hadamard_transform_64", "HAD_ROWS", "ROW32", "rows;n=64"),
+    HAD("hadamard_transform_128", "HAD_ROWS", "ROW32", "rows;n=128"),
+    HAD("hadamard_transform_64_vec", "HAD_ROWS", "ROW32", "rows;n=64"),
+    HAD("hadamard_transform_64_scaled", "HAD_ROWS_SCALED", "ROW32", "rows;n=64;ortho;pre- or post-scale"),
+    HAD("hadamard_inverse_64", "HAD_ROWS3", "ROW32", "rows;n=64;inverse;none"),
+    HAD("test_hadamard_roundtrip_64", "HAD_ROWS3", "ROW32", "forward twice then 1/64 (no registry point)"),
+    HAD("hadamard_forward_fast_64", "HAD_COLS", "HCOLS", "cols;n=64;ortho;f16"),
+    HAD("hadamard_forward_fast_128", "HAD_COLS", "HCOLS", "cols;n=128;ortho;f16"),
+    HAD("hadamard_forward_fast_96", "HAD_COLS", "HCOLS", "cols;n=96;ortho;f16"),
+    HAD("hadamard_forward_fast_160", "HAD_COLS", "HCOLS", "cols;n=160;ortho;f16"),
+    HAD("hadamard_forward_fast_192", "HAD_COLS", "HCOLS", "cols;n=192;ortho;f16"),
+    HAD("hadamard_inverse_block_64", "HAD_COLS", "HCOLS", "cols;n=64;ortho;f16"),
+    HAD("hadamard_inverse_block_128", "HAD_COLS", "HCOLS", "cols;n=128;ortho;f16"),
+    HAD("hadamard_inverse_block_96", "HAD_COLS", "HCOLS", "cols;n=96;ortho;f16"),
+    HAD("hadamard_inverse_block_160", "HAD_COLS", "HCOLS", "cols;n=160;ortho;f16"),
+    HAD("hadamard_inverse_block_192", "HAD_COLS", "HCOLS", "cols;n=192;ortho;f16"),
+    HAD("hadamard_forward_fast_64_float", "HAD_COLS", "HCOLS", "cols;n=64;ortho;f32"),
+    HAD("hadamard_inverse_block_64_float", "HAD_COLS", "HCOLS", "cols;n=64;ortho;f32"),
+    HAD("hadamard_forward_block", "HAD_COLS_BS", "HCOLS", "cols;block_size=64;ortho;f16"),
+    HAD("hadamard_forward_fast", "HAD_COLS_BS", "HCOLS", "cols;block_size=64;ortho;f16"),
+    HAD("hadamard_inverse_block", "HAD_COLS_BS", "HCOLS", "cols;block_size=64;ortho;f16"),
 };
 
 static int hadamard_valid(const tr_params *p)
@@ -292,13 +398,43 @@ static const char *const gemm_always[] = {
     "M=1;O=2048;I=10240;" GEMM_TAIL, "M=1;O=64;I=2048;" GEMM_TAIL,
 };
 
+/* KERNELS.md §4.4: Metal GEMMs write f16 C, take no rotation, accumulate in their own format; b and M limits from
+ * the symbol's row of the table. */
+static int gemm_domain(const tr_case *c, char *why, size_t cap)
+{
+    const tr_params *p = &c->params;
+    const char *sym = c->variant->symbol;
+    int64_t b = tr_params_int(p, "b", 4), M = tr_params_int(p, "M", 1);
+    if (!reg_dom_acc(c, why, cap))
+        return 0;
+    if (!tr_params_is(p, "out", "f16"))
+        return reg_dom_why(why, cap, "out=f16 (C is f16)");
+    if (!tr_params_is(p, "rotation", "none"))
+        return reg_dom_why(why, cap, "rotation=none");
+    if (!strcmp(c->variant->binding, "GEMM_B2") && b != 2)
+        return reg_dom_why(why, cap, "b=2");
+    if (!strcmp(sym, "decode_gemv_trellis") && M != 1)
+        return reg_dom_why(why, cap, "M=1");
+    if (strstr(sym, "decode") && M > 16)
+        return reg_dom_why(why, cap, "M<=16");
+    return 1;
+}
+
+#define GEMM(sym, f16, binding, launch, text)                                                                         \
+    REG_METAL(sym, sym, f16, TR_CLASS_TOLERANT, "PK", binding, launch, gemm_domain, text, 0, 0)
 static const tr_variant gemm_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    {"gemm_trellis_packed", "gemm_trellis_packed", "metal", 1, 0, TR_CLASS_TOLERANT, "PK", 0, 0, 0, ""},
-    {"gemm_trellis_packed_fp32acc", "gemm_trellis_packed_fp32acc", "metal", 0, 0, TR_CLASS_TOLERANT, "PK", 0, 0,
-     0, ""},
-    {"gemm_trellis_packed_decode", "gemm_trellis_packed_decode", "metal", 1, 0, TR_CLASS_TOLERANT, "PK", 0, 0, 0,
-     "M<=16"},
+    GEMM("gemm_trellis_packed", 1, "GEMM", "G128", "b 2..8"),
+    GEMM("gemm_trellis_packed_fp32acc", 0, "GEMM", "G128", "b 2..8"),
+    GEMM("gemm_trellis_packed_decode", 1, "GEMM", "G32D", "b 2..8;M<=16"),
+    GEMM("gemm_trellis_2bit", 1, "GEMM_B2", "G128", "b=2"),
+    GEMM("gemm_trellis_2bit_fused_reg", 1, "GEMM_B2", "G128", "b=2"),
+    GEMM("gemm_trellis_w2", 1, "GEMM_B2", "G128", "b=2"),
+    GEMM("gemm_trellis_w2_fp32acc", 0, "GEMM_B2", "G128", "b=2"),
+    GEMM("gemm_trellis_2bit_decode", 1, "GEMM_B2", "G32D", "b=2;M<=16"),
+    GEMM("gemm_trellis_w2_decode", 1, "GEMM_B2", "G32D", "b=2;M<=16"),
+    GEMM("gemm_trellis_fused_reg", 1, "GEMM", "G128", "b 2..8 (registered name, probed)"),
+    GEMM("decode_gemv_trellis", 1, "GEMM", "G32D", "b 2..8;M=1 (registered name, probed)"),
 };
 
 static int gemm_valid(const tr_params *p)
@@ -369,7 +505,7 @@ static int make_x(const tr_case *c, tr_bufs *in, uint32_t M, uint32_t I, tr_buf 
         return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     if (reg_fill(c, x, pstr(c, "values", "normal"), 1.0) != TR_OK)
         return tr_fail(err, TR_E_INVALID_PARAM, c->id, "unknown value distribution");
-    if (is_h16(c))
+    if (is_h16(c) || c->metal)   /* Metal linears bind the activations as f16 (binding 0 A) */
         round_to_f16(x);
     *out = x;
     return TR_OK;
@@ -485,10 +621,21 @@ const tr_opdef reg_op_gemm_trellis = {
 /* ---- gemm_trellis_swiglu -------------------------------------------------------------------------------------------- */
 
 static const tr_axis swiglu_axes[] = {REG_ROWS_M_INIT, REG_DIMS_I_INIT, REG_DIMS_K_INIT, REG_BITS_INIT, REG_ACC_INIT};
+static int swiglu_domain(const tr_case *c, char *why, size_t cap)
+{
+    if (!reg_dom_acc(c, why, cap))
+        return 0;
+    if (strstr(c->variant->symbol, "decode") && tr_params_int(&c->params, "M", 1) > 16)
+        return reg_dom_why(why, cap, "M<=16");
+    return 1;
+}
+
 static const tr_variant swiglu_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    {"gemm_trellis_swiglu_gate_up", "gemm_trellis_swiglu_gate_up", "metal", 1, 0, TR_CLASS_TOLERANT, "PK", 0, 0, 0,
-     "gate and up share b, su, sv"},
+    REG_METAL("gemm_trellis_swiglu_gate_up", "gemm_trellis_swiglu_gate_up", 1, TR_CLASS_TOLERANT, "PK", "SWIGLU",
+              "G128", swiglu_domain, "gate and up share b, su, sv", 0, 0),
+    REG_METAL("gemm_trellis_swiglu_gate_up_decode", "gemm_trellis_swiglu_gate_up_decode", 1, TR_CLASS_TOLERANT, "PK",
+              "SWIGLU", "G32D", swiglu_domain, "gate and up share b, su, sv;M<=16", 0, 0),
 };
 
 /* Scale x so that every Σ|x·w| and every |silu(g)·u| stays within 2^14 (the product scales with x²). */
@@ -528,6 +675,10 @@ static int swiglu_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *er
         rc = make_x(c, in, M, K, &x, err);
     if (rc != TR_OK)
         return rc;
+    if (c->metal) {   /* KERNELS.md §4.5: the Metal variants bind one su and one sv for gate and up */
+        memcpy(tr_bufs_get(in, "up.su")->data, tr_bufs_get(in, "gate.su")->data, tr_bufs_get(in, "gate.su")->bytes);
+        memcpy(tr_bufs_get(in, "up.sv")->data, tr_bufs_get(in, "gate.sv")->data, tr_bufs_get(in, "gate.sv")->bytes);
+    }
     tr_qweight g, u;
     reg_qweight_view(in, "gate", 128, TR_ROT_NONE, &g);
     reg_qweight_view(in, "up", 128, TR_ROT_NONE, &u);
@@ -558,7 +709,7 @@ double reg_activation_bound(const tr_case *c, double g, double u, double Eg, dou
 double reg_activation_bound(const tr_case *c, double g, double u, double Eg, double Eu, int stored_f16, int prob)
 {
     const double L = 1.1;
-    double rho = ldexp(1.0, -22) + (double)(c->variant->e_exp ? c->variant->e_exp : 1) * ldexp(1.0, -23);
+    double rho = ldexp(1.0, -22) + reg_e_exp(c, g) * ldexp(1.0, -23);
     if (stored_f16)
         rho += ldexp(1.0, -11);
     double s = fabs(silu64(g));
@@ -612,8 +763,8 @@ static const tr_axis qkv_axes[] = {
 };
 static const tr_variant qkv_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    {"fused_qkv_trellis_decode", "fused_qkv_trellis_decode", "metal", 1, 0, TR_CLASS_TOLERANT, "PK", 0, 0, 0,
-     "one b and gs for all three; M<=16"},
+    REG_METAL("fused_qkv_trellis_decode", "fused_qkv_trellis_decode", 1, TR_CLASS_TOLERANT, "PK", "QKV", "QKV",
+              swiglu_domain, "one b and gs for all three; M<=16", 0, 0),
 };
 static const char *const qkv_names[3] = {"q", "k", "v"};
 static const char *const qkv_keys[3] = {"Nq", "Nk", "Nv"};

@@ -248,10 +248,19 @@ static const char *const expert_always[] = {
     "H=2048;I=1536;tuple=6-2-4;R=4;" EXPERT_TAIL,
 };
 
+static int fused_expert_domain(const tr_case *c, char *why, size_t cap)
+{
+    if (!reg_dom_acc(c, why, cap))
+        return 0;
+    if (!tr_params_is(&c->params, "tuple", "3-3-3"))
+        return reg_dom_why(why, cap, "b=3 for all projections (tuple=3-3-3)");
+    return 1;
+}
+
 static const tr_variant expert_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    {"moe_trellis_fused_expert", "moe_trellis_fused_expert", "metal", 1, 0, TR_CLASS_TOLERANT, "STACK+H16", 0, 3,
-     1, "b=3 for all projections"},
+    REG_METAL("moe_trellis_fused_expert", "moe_trellis_fused_expert", 1, TR_CLASS_TOLERANT, "STACK+H16",
+              "FUSED_EXPERT", "FE", fused_expert_domain, "b=3 for all projections", 1, 0),
 };
 
 static int expert_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
@@ -350,22 +359,59 @@ static const char *const moe_always[] = {
     MOE_GLM("6-3-4", "17"), MOE_GLM("6-3-4", "33"), MOE_GLM("6-2-4", "17"), MOE_GLM("6-2-4", "33"), MOE_QWEN("16"),
 };
 
-#define MOE_METAL(id, sym, f16, dom) {id, sym, "metal", f16, 0, TR_CLASS_TOLERANT, "STACK+H16", 0, 3, 1, dom}
+/* KERNELS.md §4.8 declared domains.  Flat launches stack each tuple group separately (any map); slotted launches,
+ * the grouped and the mixed kernels put every expert in one stack with one MoEParams, so the experts must share one
+ * tuple (map=uniform); decode kernels take batch = 1; the tuple kernels one fixed tuple. */
+static int moe_domain(const tr_case *c, char *why, size_t cap)
+{
+    const tr_params *p = &c->params;
+    const char *sym = c->variant->symbol, *b = c->variant->binding;
+    int flat = tr_params_is(p, "launch", "flat");
+    if (!reg_dom_acc(c, why, cap))
+        return 0;
+    if (!strcmp(b, "MOE_GROUPED") && flat)
+        return reg_dom_why(why, cap, "launch=slotted (the grouped kernel launches one threadgroup column per expert)");
+    if ((!flat || strcmp(b, "MOE18")) && !tr_params_is(p, "map", "uniform"))
+        return reg_dom_why(why, cap, "map=uniform (one stack, one MoEParams tuple)");
+    if (!strcmp(b, "MOE_MIXED")) {
+        unsigned t[3];
+        if (reg_tuple_parse(tr_params_str(p, "tuple"), t) != 0 || t[0] != t[1] || t[1] != t[2])
+            return reg_dom_why(why, cap, "g=u=d per expert");
+    }
+    if (strstr(sym, "decode")) {
+        if (tr_params_int(p, "T", 1) != 1 || (flat && tr_params_int(p, "k", 1) != 1))
+            return reg_dom_why(why, cap, "batch=1 (T=1, slotted)");
+        const char *d = strstr(sym, "decode_");
+        if (d && d[7] >= '0' && d[7] <= '9') {
+            char want[8];
+            snprintf(want, sizeof want, "%c-%c-%c", d[7], d[9], d[11]);
+            if (!tr_params_is(p, "tuple", want) || !tr_params_is(p, "map", "uniform"))
+                return reg_dom_why(why, cap, "tuple=%s;map=uniform", want);
+        }
+    }
+    return 1;
+}
+
+#define MOE_METAL(id, sym, f16, binding, launch, dom)                                                                 \
+    REG_METAL(id, sym, f16, TR_CLASS_TOLERANT, "STACK+H16", binding, launch, moe_domain, dom, 1, 1)
 static const tr_variant moe_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    MOE_METAL("base", "moe_trellis_swiglu", 1, ""),
-    MOE_METAL("fp32acc", "moe_trellis_swiglu_fp32acc", 0, ""),
-    MOE_METAL("large_batch", "moe_trellis_swiglu_large_batch", 0, ""),
-    MOE_METAL("simd", "moe_trellis_swiglu_simd", 1, ""),
-    MOE_METAL("decode", "moe_trellis_swiglu_decode", 0, "batch=1"),
-    MOE_METAL("decode_6_2_3", "moe_trellis_swiglu_decode_6_2_3", 0, "batch=1;tuple=6-2-3"),
-    MOE_METAL("decode_6_3_4", "moe_trellis_swiglu_decode_6_3_4", 0, "batch=1;tuple=6-3-4"),
-    MOE_METAL("decode_6_2_4", "moe_trellis_swiglu_decode_6_2_4", 0, "batch=1;tuple=6-2-4"),
-    MOE_METAL("decode_gemv", "moe_trellis_swiglu_decode_gemv", 0, "batch=1"),
-    MOE_METAL("prefill4", "moe_trellis_swiglu_prefill4", 1, ""),
-    MOE_METAL("prefill4_fp32acc", "moe_trellis_swiglu_prefill4_fp32acc", 0, ""),
-    MOE_METAL("grouped", "moe_trellis_swiglu_grouped", 1, ""),
-    MOE_METAL("mixed", "moe_trellis_mixed_swiglu", 0, "g=u=d per expert"),
+    MOE_METAL("base", "moe_trellis_swiglu", 1, "MOE18", "MOE", ""),
+    MOE_METAL("fp32acc", "moe_trellis_swiglu_fp32acc", 0, "MOE18", "MOE", ""),
+    MOE_METAL("large_batch", "moe_trellis_swiglu_large_batch", 0, "MOE18", "MOE_LB", ""),
+    MOE_METAL("simd", "moe_trellis_swiglu_simd", 1, "MOE18", "MOE", ""),
+    MOE_METAL("decode", "moe_trellis_swiglu_decode", 0, "MOE18", "MOE_DEC", "batch=1"),
+    MOE_METAL("decode_6_2_3", "moe_trellis_swiglu_decode_6_2_3", 0, "MOE18", "MOE_DEC", "batch=1;tuple=6-2-3"),
+    MOE_METAL("decode_6_3_4", "moe_trellis_swiglu_decode_6_3_4", 0, "MOE18", "MOE_DEC", "batch=1;tuple=6-3-4"),
+    MOE_METAL("decode_6_2_4", "moe_trellis_swiglu_decode_6_2_4", 0, "MOE18", "MOE_DEC", "batch=1;tuple=6-2-4"),
+    MOE_METAL("decode_gemv", "moe_trellis_swiglu_decode_gemv", 0, "MOE18", "MOE_DEC", "batch=1"),
+    MOE_METAL("prefill4", "moe_trellis_swiglu_prefill4", 1, "MOE18", "MOE_P4", ""),
+    MOE_METAL("prefill4_fp32acc", "moe_trellis_swiglu_prefill4_fp32acc", 0, "MOE18", "MOE_P4", ""),
+    MOE_METAL("grouped", "moe_trellis_swiglu_grouped", 1, "MOE_GROUPED", "MOE_GROUPED", "one tuple"),
+    MOE_METAL("mixed", "moe_trellis_mixed_swiglu", 0, "MOE_MIXED", "MOE_MIXED", "g=u=d per expert"),
+    MOE_METAL("mixed_decode", "moe_trellis_mixed_swiglu_decode", 0, "MOE_MIXED", "MOE_MIXED", "g=u=d;batch=1"),
+    MOE_METAL("mixed_prefill", "moe_trellis_mixed_swiglu_prefill", 0, "MOE_MIXED", "MOE_MIXED", "g=u=d per expert"),
+    MOE_METAL("mixed_large", "moe_trellis_mixed_swiglu_large", 0, "MOE_MIXED", "MOE_MIXED", "g=u=d per expert"),
 };
 
 static int routing_needs_distinct(const char *r)
@@ -675,8 +721,8 @@ static const char *const topk_always[] = {
 };
 static const tr_variant topk_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    {"softmax_topk_decode", "softmax_topk_decode", "metal", 1, 0, TR_CLASS_TOLERANT, "H16", 0, 3, 0,
-     "softmax_topk_f16, E<=128, k<=8"},
+    REG_METAL("softmax_topk_decode", "softmax_topk_decode", 1, TR_CLASS_TOLERANT, "H16", NULL, NULL, NULL,
+              "softmax_topk_f16, E<=128, k<=8", 0, 0),
 };
 
 static int topk_valid(const tr_params *p)

@@ -197,6 +197,7 @@ int tr_case_init(tr_case *c, const tr_opdef *op, const tr_variant *v, const char
         return TR_E_INVALID_PARAM;
     c->seed = tr_splitmix64(master ^ tr_fnv1a64_str(c->id));
     c->metal = strcmp(v->backend, "metal") == 0;
+    c->metal_math = c->metal ? TR_MATH_RELAXED : TR_MATH_NONE;
     c->acc_f16 = strcmp(v->backend, "ref") && strcmp(v->backend, "cpu") ? v->acc_f16
                                                                         : tr_params_is(&c->params, "acc", "f16");
     return TR_OK;

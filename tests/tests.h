@@ -32,7 +32,9 @@
     X(eval)          \
     X(tokenizer)     \
     X(kld)           \
-    X(chat)
+    X(chat)          \
+    X(report)        \
+    X(metal_emu)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)

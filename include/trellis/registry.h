@@ -22,6 +22,9 @@
 #define TR_MAX_AXES 16
 #define TR_CASE_ID_MAX 512
 
+/* Math mode a Metal library was compiled with (KERNELS.md §3, --metal-math). */
+enum { TR_MATH_NONE = 0, TR_MATH_RELAXED = 1, TR_MATH_SAFE = 2 };
+
 typedef enum tr_class { TR_CLASS_EXACT = 0, TR_CLASS_ORDERED, TR_CLASS_TOLERANT } tr_class;
 typedef enum tr_tier { TR_TIER_QUICK = 0, TR_TIER_FULL, TR_TIER_EXHAUSTIVE } tr_tier;
 typedef enum tr_verdict {
@@ -106,6 +109,13 @@ typedef struct tr_variant {
     int e_exp;                 /* declared exp error in f32 ulps (1 for ref/cpu) */
     double dequant_slack;      /* 1 when the adapter is H16 (δ = 2^-9·|W16| + 2^-24), else 0 */
     const char *domain;        /* declared domain, e.g. "T=1" (text, informative) */
+    /* Metal variants (KERNELS.md §3, §4; the metal-emu runner binds them, cli/conform_metal.c): */
+    const char *binding;       /* binding family id ("DQ_PK", "GEMM", "MOE18", …; docs/schemas.md), NULL otherwise */
+    const char *launch;        /* launch geometry id ("TG16", "G128", "MOE", …) */
+    /* The declared domain as a predicate on the case (1 inside; else 0 with the reason in why).  Every Metal variant
+     * also declares gs in {16, 32, 64, 128, 256} (checked by the runner).  NULL: no further restriction. */
+    int (*in_domain)(const tr_case *c, char *why, size_t cap);
+    int order_free;            /* accumulates with atomics in any order: outputs may differ between schedules */
 } tr_variant;
 
 /* Everything the comparison needs for one output: the canonical reference, and for ORDERED/TOLERANT outputs the
@@ -149,6 +159,7 @@ struct tr_case {
     uint64_t index;            /* enumeration number (fixes shards) */
     int acc_f16;               /* accumulation format (tr_case_acc_f16), fixed at init */
     int metal;                 /* the variant runs on a Metal backend */
+    int metal_math;            /* Metal variants: TR_MATH_RELAXED (default) or TR_MATH_SAFE; 0 for ref/cpu */
     char id[TR_CASE_ID_MAX];
 };
 
@@ -217,5 +228,18 @@ tr_class tr_case_class(const tr_case *c);
 
 /* Poison of never-written outputs (KERNELS.md §2.5): f16 0x7E5A, f32 0x7FDEAD5A, integers 0xA5 bytes. */
 void tr_poison_fill(tr_buf *b);
+
+/* ---- adapters (KERNELS.md §3; reg_adapt.c) ----------------------------------------------------------------------
+ * Canonical quantized weights (indices with header byte, tiles t = to·T_I + ti, in-tile e = (o%16)·16 + (i%16)) in
+ * the forms Metal variants bind.  GEMM view: K = I, N = O. */
+
+/* PK: the packed body without the header byte, tiles in GEMM order [T_I][T_O] (tile (ti,to) at ti·T_O + to), each
+ * tile's 32·b bytes unchanged.  out holds T_O·T_I·32·b bytes. */
+void tr_adapt_pk(const uint8_t *indices, uint32_t O, uint32_t I, uint8_t *out);
+/* I16: indices as i16 [T_I][T_O][256] with in-tile position (i%16)·16 + (o%16); padded positions hold the pad index
+ * of the stream (canonical padding, or whatever garbage it holds). */
+void tr_adapt_i16(const uint8_t *indices, uint32_t O, uint32_t I, int16_t *out);
+/* BULK: one f32 scale per I16 tile, S[ti·16/gs][to·16] for tile ti·T_O + to ([T_I·T_O]). */
+void tr_adapt_bulk_scales(const float *S, uint32_t O, uint32_t I, uint32_t gs, float *out);
 
 #endif
