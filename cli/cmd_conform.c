@@ -237,7 +237,9 @@ static void print_ready(run_state *s)
         const char *status = json_string_value(json_object_get(r, "status"));
         int v = verdict_index(status);
         s->counts[v]++;
-        if (v != TR_PASS && v != TR_UNSUPPORTED) {
+        /* metal-emu: a passing case with emulator diagnostics (early return before a barrier, ...) gets a note */
+        json_t *diags = json_object_get(json_object_get(r, "metal_emu"), "diagnostics");
+        if ((v != TR_PASS && v != TR_UNSUPPORTED) || (v == TR_PASS && json_array_size(diags) > 0)) {
             json_t *fm = json_object_get(r, "first_mismatch");
             char where[256] = "";
             if (json_is_object(fm)) {

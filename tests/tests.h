@@ -34,7 +34,8 @@
     X(kld)           \
     X(chat)          \
     X(report)        \
-    X(metal_emu)
+    X(metal_emu)     \
+    X(metal_conform)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)
