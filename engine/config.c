@@ -12,6 +12,7 @@
 #include "trellis/jsonio.h"
 #include "trellis/model.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -308,6 +309,17 @@ static int qwen_layer_kinds(cfgp *p, tr_model_config *c)
 
 /* ---- MoE ---------------------------------------------------------------------------------------------------------- */
 
+/* A finite double field narrowed to float32: a magnitude above FLT_MAX would be undefined behaviour in the cast
+ * (C11 6.3.1.5) and infinite in practice, so it is refused by name; NaN/inf pass through to the caller's check. */
+static float to_f32(cfgp *p, const char *name, double v)
+{
+    if (isfinite(v) && fabs(v) > FLT_MAX) {
+        fail(p, TR_E_CONFIG, "%s: %g is outside the float32 range", name, v);
+        return 0.0f;
+    }
+    return (float)v;
+}
+
 static int parse_moe(cfgp *p, tr_model_config *c, int any_moe)
 {
     const int glm = c->arch == TR_ARCH_GLM4_MOE_LITE;
@@ -322,7 +334,7 @@ static int parse_moe(cfgp *p, tr_model_config *c, int any_moe)
         get_u32(p, NAMES("topk_group"), 0, 1, &c->topk_group);
         double rsf;
         get_num(p, NAMES("routed_scaling_factor"), 0, 1.8, &rsf);
-        c->routed_scaling_factor = (float)rsf;
+        c->routed_scaling_factor = to_f32(p, "routed_scaling_factor", rsf);
         const char *methods[2][3] = {{"topk_method", "noaux_tc", NULL}, {"scoring_func", "sigmoid", NULL}};
         for (int m = 0; m < 2 && p->rc == TR_OK; m++) {
             const json_t *v = json_object_get(p->o, methods[m][0]);
@@ -508,7 +520,7 @@ static int parse_behaviour(cfgp *p, tr_model_config *c)
     const int glm = c->arch == TR_ARCH_GLM4_MOE_LITE;
     double eps;
     get_num(p, NAMES("rms_norm_eps"), 0, glm ? 1e-5 : 1e-6, &eps);
-    c->rms_norm_eps = (float)eps;
+    c->rms_norm_eps = to_f32(p, "rms_norm_eps", eps);
     get_u32(p, NAMES("max_position_embeddings"), 0, glm ? 202752 : 32768, &c->max_position_embeddings);
     get_bool(p, NAMES("tie_word_embeddings"), 0, &c->tie_word_embeddings);
     c->rope.interleave = 0;
