@@ -4,16 +4,11 @@
 #include "cli.h"
 #include "trellis/alloc.h"
 #include "trellis/jsonio.h"
+#include "trellis/version.h"
 
 #include <stdarg.h>
 #include <string.h>
 
-#ifndef TR_VERSION
-#define TR_VERSION "0.0.0"
-#endif
-#ifndef TR_GIT_COMMIT
-#define TR_GIT_COMMIT "unknown"
-#endif
 
 FILE *cli_out;
 FILE *cli_err;
@@ -65,7 +60,7 @@ int trellis_main(int argc, char **argv)
         return CLI_USAGE;
     }
     if (strcmp(argv[1], "--version") == 0) {
-        fprintf(cli_out, "trellis %s (git %s)\n", TR_VERSION, TR_GIT_COMMIT);
+        fprintf(cli_out, "trellis %s (git %s)\n", tr_version(), tr_git_commit());
         return CLI_OK;
     }
     if (cli_is_help(argv[1])) {

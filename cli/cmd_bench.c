@@ -16,6 +16,7 @@
 #include "trellis/fileio.h"
 #include "trellis/jsonio.h"
 #include "trellis/rng.h"
+#include "trellis/version.h"
 
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
@@ -361,8 +362,8 @@ static json_t *bench_doc(const bench_opts *o, const tr_model *m, tr_session *s, 
     json_object_set_new(doc, "threads", json_integer(o->e.sopt.threads));
     json_object_set_new(doc, "ctx_size", json_integer(tr_session_ctx_size(s)));
     json_object_set_new(doc, "seed", json_integer((json_int_t)o->e.seed));
-    json_object_set_new(doc, "tool_version", json_string(TR_VERSION));
-    json_object_set_new(doc, "git_commit", json_string(TR_GIT_COMMIT));
+    json_object_set_new(doc, "tool_version", json_string(tr_version()));
+    json_object_set_new(doc, "git_commit", json_string(tr_git_commit()));
     json_object_set_new(doc, "started", json_string(started));
     return doc;
 }

@@ -8,6 +8,7 @@
 #include "conform.h"
 #include "trellis/alloc.h"
 #include "trellis/jsonio.h"
+#include "trellis/version.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,12 +28,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef TR_VERSION
-#define TR_VERSION "0.0.0"
-#endif
-#ifndef TR_GIT_COMMIT
-#define TR_GIT_COMMIT "unknown"
-#endif
 
 static const char *const CMD = "conform";
 
@@ -588,8 +583,8 @@ static int write_results(run_state *s, const char *path, const char *started, un
 {
     json_t *doc = json_object(), *res = json_array(), *dev = json_object();
     json_object_set_new(doc, "schema", json_string("trellis.conformance/1"));
-    json_object_set_new(doc, "tool_version", json_string(TR_VERSION));
-    json_object_set_new(doc, "git_commit", json_string(TR_GIT_COMMIT));
+    json_object_set_new(doc, "tool_version", json_string(tr_version()));
+    json_object_set_new(doc, "git_commit", json_string(tr_git_commit()));
     json_object_set_new(doc, "backend", json_string(s->backend));
     json_object_set_new(dev, "name", json_string(s->backend));
     tr_backend *be = NULL;

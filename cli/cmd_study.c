@@ -22,6 +22,7 @@
 #include "trellis/jsonio.h"
 #include "trellis/kld.h"
 #include "trellis/quantize.h"
+#include "trellis/version.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -34,12 +35,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef TR_VERSION
-#define TR_VERSION "0.0.0"
-#endif
-#ifndef TR_GIT_COMMIT
-#define TR_GIT_COMMIT "unknown"
-#endif
 
 static const char *const CMD = "study";
 static FILE *human;   /* progress lines: stdout, or stderr when the JSON goes to stdout */
@@ -656,8 +651,8 @@ static json_t *doc_new(const study_opts *o)
     strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
     json_t *d = json_object(), *b = json_object();
     json_object_set_new(d, "schema", json_string("trellis.study/1"));
-    json_object_set_new(d, "tool_version", json_string(TR_VERSION));
-    json_object_set_new(d, "git_commit", json_string(TR_GIT_COMMIT));
+    json_object_set_new(d, "tool_version", json_string(tr_version()));
+    json_object_set_new(d, "git_commit", json_string(tr_git_commit()));
     json_object_set_new(d, "started", json_string(started));
     json_object_set_new(d, "text", o->text ? json_string(o->text) : json_null());
     json_object_set_new(d, "ids_file", o->ids_file ? json_string(o->ids_file) : json_null());

@@ -13,16 +13,11 @@
 #include "trellis/alloc.h"
 #include "trellis/hash.h"
 #include "trellis/jsonio.h"
+#include "trellis/version.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#ifndef TR_VERSION
-#define TR_VERSION "0.0.0"
-#endif
-#ifndef TR_GIT_COMMIT
-#define TR_GIT_COMMIT "unknown"
-#endif
 
 #define TRAILER_MAX (16u << 20)
 #define SELF_KEY "\"trailer_sha256\":\""
@@ -94,8 +89,8 @@ static json_t *header_json(const tr_tlogits_meta *m)
 {
     json_t *h = json_object(), *routes = json_null();
     json_object_set_new(h, "schema", json_string("trellis.tlogits/1"));
-    json_object_set_new(h, "tool_version", json_string(TR_VERSION));
-    json_object_set_new(h, "git_commit", json_string(TR_GIT_COMMIT));
+    json_object_set_new(h, "tool_version", json_string(tr_version()));
+    json_object_set_new(h, "git_commit", json_string(tr_git_commit()));
     json_object_set_new(h, "arch", str_or_null(m->arch));
     json_object_set_new(h, "model", str_or_null(m->model));
     json_object_set_new(h, "backend", str_or_null(m->backend));
