@@ -10,6 +10,7 @@
 #   make valgrind   run the check suite under valgrind (0 errors, 0 leaks)
 #   make coverage   lcov HTML report under reports/coverage/
 #   make check-long opt-in long tests (all 2^32 conversions, ...)
+#   make check-metal  our .metal kernels on the CPU emulator: build them, conform --backend metal-emu --quick --strict
 #   make fuzz       libFuzzer targets (clang, ASan+UBSan) into build-fuzz/   (fuzz/README.md)
 #   make fuzz-smoke every fuzz target for 20 s on a scratch corpus; fails on any crash
 #   make fuzz-replay  replay fuzz/corpus/<t> and fuzz/regress/<t> through every target (gcc; part of make check)
@@ -58,7 +59,7 @@ TRELLIS    := $(BUILD)/trellis
 TESTBIN    := $(BUILD)/run_tests
 
 .PHONY: all check run deps asan valgrind coverage check-long clean bench golden-verify check-unit conform-quick \
-        golden-oracle metal-emu accuracy report-check fuzz fuzz-build fuzz-smoke fuzz-replay
+        golden-oracle metal-emu check-metal metal-host accuracy report-check fuzz fuzz-build fuzz-smoke fuzz-replay
 
 all: $(TRELLIS) $(TESTBIN)
 
@@ -104,18 +105,53 @@ $(TRELLIS): $(CLI_OBJ) $(LIBENGINE) $(LIBEMU) $(LIBREF)
 	@echo "  LINK    $@"
 	@$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(LIBENGINE) $(LIBEMU) $(LIBREF) $(PKG_LIBS)
 
-# The test runner links the CLI objects too (minus main) so CLI behaviour can be tested in-process.
+# The test runner links the CLI objects too (minus main) so CLI behaviour can be tested in-process, and the portable
+# C part of the macOS runner (metal/host/host_source.c: include expansion, builtin lookup).
 CLI_LIB_OBJ := $(filter-out $(BUILD)/obj/cli/main.o,$(CLI_OBJ))
-$(TESTBIN): $(TEST_OBJ) $(CLI_LIB_OBJ) $(LIBENGINE) $(LIBEMU) $(LIBREF)
+HOST_C_OBJ  := $(BUILD)/obj/metal/host/host_source.o
+$(TESTBIN): $(TEST_OBJ) $(CLI_LIB_OBJ) $(HOST_C_OBJ) $(LIBENGINE) $(LIBEMU) $(LIBREF)
 	@echo "  LINK    $@"
-	@$(CC) $(LDFLAGS_ALL) -o $@ $(TEST_OBJ) $(CLI_LIB_OBJ) $(LIBENGINE) $(LIBEMU) $(LIBREF) $(CHECK_LIBS) $(PKG_LIBS)
+	@$(CC) $(LDFLAGS_ALL) -o $@ $(TEST_OBJ) $(CLI_LIB_OBJ) $(HOST_C_OBJ) $(LIBENGINE) $(LIBEMU) $(LIBREF) $(CHECK_LIBS) \
+	    $(PKG_LIBS)
 
--include $(REF_OBJ:.o=.d) $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(EMU_C_SRC:%.c=$(BUILD)/obj/%.d)
+-include $(REF_OBJ:.o=.d) $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(EMU_C_SRC:%.c=$(BUILD)/obj/%.d) \
+         $(HOST_C_OBJ:.o=.d)
+
+# The macOS runner (METAL.md §7, metal/host/): build/trellis-metal is the CLI linked against metal_host.m, the
+# emulator's interface (include/trellis/metal_emu.h) on a live MTLDevice, instead of the emulator; it serves
+# `trellis-metal conform --backend metal`.  Built only on Darwin (`make metal-host`, and by `make all` there).
+# It has never been built or run: the project is developed on Linux (README.md, metal section).
+UNAME_S := $(shell uname -s)
+ifeq ($(UNAME_S),Darwin)
+TRELLIS_METAL := $(BUILD)/trellis-metal
+HOST_OBJ      := $(BUILD)/obj/metal/host/metal_host.o $(HOST_C_OBJ)
+$(BUILD)/obj/metal/host/%.o: metal/host/%.m
+	@mkdir -p $(dir $@)
+	@echo "  OBJC    $<"
+	@$(CC) -fobjc-arc -fblocks -Wall -Wextra -Werror -Wno-unused-parameter -g $(OPT) -Iinclude $(PKG_CFLAGS) -c $< -o $@
+$(TRELLIS_METAL): $(CLI_OBJ) $(HOST_OBJ) $(LIBENGINE) $(LIBREF)
+	@echo "  LINK    $@"
+	@$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(HOST_OBJ) $(LIBENGINE) $(LIBREF) $(PKG_LIBS) \
+	    -framework Metal -framework Foundation
+metal-host: $(TRELLIS_METAL)
+all: $(TRELLIS_METAL)
+else
+metal-host:
+	@echo "metal-host: the macOS runner is built only on Darwin (uname -s is $(UNAME_S))"
+endif
+
 
 # Our Metal kernels for the emulator (METAL.md §2): built into build/metal-emu/ (content-hash cache) when present.
 metal-emu: $(TRELLIS)
 	@if ls metal/kernels/*.metal >/dev/null 2>&1; then $(TRELLIS) metal build metal/kernels; \
 	 else echo "metal-emu: no metal/kernels/*.metal yet"; fi
+
+# Our kernels on the emulator (METAL.md §5, §8): the quick tier, --strict (PRECISION_WARNING and diagnostics such as
+# an early return before a barrier fail).  Outside the 10-minute `make check` budget; .ci/run calls it after
+# `make check`.  The per-case watchdog is 60 s: the realistic dequant shapes (20 M lanes, two schedules) take a few
+# seconds each and CI machines are shared.
+check-metal: metal-emu
+	$(TRELLIS) conform --backend metal-emu --quick --strict --no-progress --case-timeout 60
 
 # ---- dependencies -------------------------------------------------------------------------------------------------
 deps:
@@ -153,12 +189,23 @@ golden-oracle: $(TRELLIS)
 conform-quick: $(TRELLIS)
 	$(TRELLIS) conform --backend cpu --quick --strict --no-progress --case-timeout 120
 
-# Benchmarks: per-case cpu/ref timings of the quick tier, and the decode GEMV kernels.
+# Benchmarks: per-case cpu/ref timings of the quick tier, and the decode GEMV kernels; then the Metal emulator:
+# compile time of each file of metal/kernels and the emulated 2048x1536 GEMV (our f32- and f16-accumulating kernels).
+METAL_GEMV_CASE     := gemm_trellis/gemm_trellis_packed_fp32acc/M=1;O=2048;I=1536;b=4;gs=128;acc=f32;out=f16;rotation=none;values=normal/0
+METAL_GEMV_F16_CASE := gemm_trellis/decode_gemv_trellis/M=1;O=2048;I=1536;b=4;gs=128;acc=f16;out=f16;rotation=none;values=normal/0
 bench: all
 	@mkdir -p reports/out
 	$(TRELLIS) conform --backend cpu --quick --bench --no-progress --json reports/out/bench-conform.json
 	$(TRELLIS) bench-kernels --json reports/out/bench-kernels.json
 	$(TRELLIS) bench -m golden/oracle/glm4_moe_lite_f32 --no-progress --json reports/out/bench.json
+	@echo "bench: metal-emu compile time per file of metal/kernels (fresh cache $(BUILD)/metal-emu-bench, 1 job)"
+	$(TRELLIS) metal build metal/kernels --force --jobs 1 --out $(BUILD)/metal-emu-bench \
+	    --json reports/out/bench-metal-compile.json
+	@echo "bench: emulated 2048x1536 trellis GEMV, M = 1 (METAL.md §8 target: <= 0.5 s on 2 cores)"
+	$(TRELLIS) conform --backend metal-emu --bench --reps 5 --no-progress --json reports/out/bench-metal-gemv.json \
+	    --replay '$(METAL_GEMV_CASE)'
+	$(TRELLIS) conform --backend metal-emu --bench --reps 5 --no-progress \
+	    --json reports/out/bench-metal-gemv-f16.json --replay '$(METAL_GEMV_F16_CASE)'
 
 check-unit: $(TESTBIN)
 	$(TESTBIN)

@@ -911,11 +911,11 @@ static int run_backend(const conform_args *a, const char *backend)
     if (!strncmp(backend, "capture:", 8)) {
         s.capture_dir = backend + 8;
         rc = capture_read_manifest(s.capture_dir, &s.capture_manifest, &err);
-    } else if (!strcmp(backend, "metal-emu"))
+    } else if (!strcmp(backend, tr_mtl_backend_name()))   /* "metal-emu"; "metal" in build/trellis-metal (macOS) */
         rc = open_metal(&s, &err);
     else if (!tr_backend_available(backend))
         rc = tr_fail(&err, TR_E_UNSUPPORTED, backend, "backend not available in this build (available: ref, cpu, "
-                     "metal-emu, capture:DIR)");
+                     "%s, capture:DIR)", tr_mtl_backend_name());
     if (rc != TR_OK) {
         json_decref(s.capture_entries);
         return cli_fail(CMD, &err);

@@ -144,9 +144,19 @@ static int do_build(const common *c)
         json_object_set_new(doc, "failed", json_integer((json_int_t)failed));
         rc = cli_write_json(CMD, c->json, doc, mark);
         json_decref(doc);
-    } else {
-        fprintf(cli_out, "%s: %zu .metal files, %zu built (%zu cached), %zu failed, %zu kernels\n", c->path, nf,
+    }
+    if (!c->json || strcmp(c->json, "-") != 0) {   /* the human lines too when the JSON goes to a file */
+        double total = 0, slowest = 0;
+        for (size_t i = 0; i < nf; i++) {
+            const tr_mtl_file *f = tr_mtl_file_at(lib, i);
+            total += f->seconds;
+            slowest = f->seconds > slowest ? f->seconds : slowest;
+        }
+        fprintf(cli_out, "%s: %zu .metal files, %zu built (%zu cached), %zu failed, %zu kernels", c->path, nf,
                 nf - failed, cached, failed, tr_mtl_kernel_count(lib));
+        if (nf > cached)
+            fprintf(cli_out, "; compiling %.2f s in all, slowest file %.2f s", total, slowest);
+        fprintf(cli_out, "\n");
         for (size_t i = 0; i < nf; i++) {
             const tr_mtl_file *f = tr_mtl_file_at(lib, i);
             if (f->ok && f->cached)

@@ -274,6 +274,11 @@ void tr_mtl_result_free(tr_mtl_result *res);
 const char *tr_mtl_status_name(tr_mtl_status s);        /* "OK", "RESOURCE_ERROR", "TIMEOUT", "INVALID" */
 const char *tr_mtl_diag_name(tr_mtl_diag_code c);       /* "early_return_before_barrier", … */
 
+/* The conformance backend this implementation of the interface is: "metal-emu" (this emulator) or "metal" (the
+ * macOS runner of metal/host/, which implements the same interface on a live MTLDevice and is linked instead of the
+ * emulator into build/trellis-metal on Darwin). */
+const char *tr_mtl_backend_name(void);
+
 /* Apple's threadgroup memory limit (bytes). */
 #define TR_MTL_TG_MEMORY_LIMIT 32768u
 

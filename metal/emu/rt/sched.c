@@ -82,6 +82,7 @@ typedef struct rt_memo {
 
 typedef struct rt_sg {
     uint32_t present, live;
+    uint32_t gused;            /* bit k: g[k].used (groups are scanned through this mask) */
     rt_group g[MAX_GROUPS];
     rt_memo memo[MEMO_RING];
 } rt_sg;
@@ -98,9 +99,13 @@ typedef struct rt_worker {
     rt_sg *sgs;
     int nsg;
     uint64_t run[MAX_TG_LANES / 64];
+    uint16_t rlist[MAX_TG_LANES], rpos[MAX_TG_LANES];   /* the runnable lanes as a dense list (RANDOM picks) */
+    int nrun;
     int n_exited, n_barrier;
     rt_lane *cur;
     int last;
+    int picked, have_picked;   /* a pick made by an exiting lane that did not chain (the scheduler uses it) */
+    uint32_t geo[3];           /* threads per threadgroup the lanes' constant builtins were set for (0: none) */
     uint64_t rng, group_order;
     unsigned char *arena;
     size_t arena_used;
@@ -259,8 +264,26 @@ static __attribute__((noreturn)) void abandon(rt_worker *w, rt_lane *ln)
 
 /* ---- runnable set and policies ---------------------------------------------------------------------------------- */
 
-static void set_run(rt_worker *w, int i) { w->run[i >> 6] |= 1ull << (i & 63); }
-static void clr_run(rt_worker *w, int i) { w->run[i >> 6] &= ~(1ull << (i & 63)); }
+static void set_run(rt_worker *w, int i)
+{
+    uint64_t bit = 1ull << (i & 63);
+    if (w->run[i >> 6] & bit)
+        return;
+    w->run[i >> 6] |= bit;
+    w->rpos[i] = (uint16_t)w->nrun;
+    w->rlist[w->nrun++] = (uint16_t)i;
+}
+
+static void clr_run(rt_worker *w, int i)
+{
+    uint64_t bit = 1ull << (i & 63);
+    if (!(w->run[i >> 6] & bit))
+        return;
+    w->run[i >> 6] &= ~bit;
+    int j = w->rpos[i], last = w->rlist[--w->nrun];
+    w->rlist[j] = (uint16_t)last;
+    w->rpos[last] = (uint16_t)j;
+}
 
 /* First runnable lane in [from, to), or -1. */
 static int next_run(const rt_worker *w, int from, int to)
@@ -303,25 +326,9 @@ static int pick(rt_worker *w)
     case TR_MTL_REVERSE:
         i = prev_run(w, 0, w->last);
         return i >= 0 ? i : prev_run(w, 0, n);
-    case TR_MTL_RANDOM: {
-        int count = 0;
-        for (int k = 0; k < (n + 63) / 64; k++)
-            count += __builtin_popcountll(w->run[k]);
-        if (!count)
-            return -1;
-        int r = (int)(splitmix(&w->rng) % (uint64_t)count);
-        for (int k = 0; k < (n + 63) / 64; k++) {
-            int c = __builtin_popcountll(w->run[k]);
-            if (r < c) {
-                uint64_t b = w->run[k];
-                while (r--)
-                    b &= b - 1;
-                return (k << 6) + __builtin_ctzll(b);
-            }
-            r -= c;
-        }
-        return -1;
-    }
+    case TR_MTL_RANDOM:
+        /* uniform over the runnable lanes (the dense list; its order is a deterministic function of the history) */
+        return w->nrun ? w->rlist[splitmix(&w->rng) % (uint64_t)w->nrun] : -1;
     case TR_MTL_SG_GREEDY: {
         if (w->last >= 0 && w->last < n) {
             int s0 = w->last & ~31, s1 = s0 + 32 < n ? s0 + 32 : n;
@@ -393,6 +400,7 @@ static void resolve(rt_worker *w, int sgi, rt_group *g)
     uint32_t mask = g->mask;
     g->used = 0;
     g->mask = 0;
+    sg->gused &= ~(1u << (g - sg->g));
     g->fn(d, mask, g->ctx);
     w->have_resolving = 0;
     for (int l = 0; l < 32; l++)
@@ -407,9 +415,11 @@ static void resolve(rt_worker *w, int sgi, rt_group *g)
 static void resolve_complete(rt_worker *w, int sgi)
 {
     rt_sg *sg = &w->sgs[sgi];
-    for (int k = 0; k < MAX_GROUPS; k++)
-        if (sg->g[k].used && sg->g[k].mask == sg->live && sg->live)
-            resolve(w, sgi, &sg->g[k]);
+    for (uint32_t m = sg->gused; m && sg->live; m &= m - 1) {
+        rt_group *g = &sg->g[__builtin_ctz(m)];
+        if (g->used && g->mask == sg->live)
+            resolve(w, sgi, g);
+    }
 }
 
 /* Quiescence: resolve every pending group with the lanes waiting in it.  Returns the number resolved. */
@@ -419,9 +429,11 @@ static int quiesce(rt_worker *w)
     for (int s = 0; s < w->nsg; s++) {
         for (;;) {
             rt_group *best = NULL;
-            for (int k = 0; k < MAX_GROUPS; k++)
-                if (w->sgs[s].g[k].used && (!best || w->sgs[s].g[k].order < best->order))
-                    best = &w->sgs[s].g[k];
+            for (uint32_t m = w->sgs[s].gused; m; m &= m - 1) {
+                rt_group *g = &w->sgs[s].g[__builtin_ctz(m)];
+                if (!best || g->order < best->order)
+                    best = g;
+            }
             if (!best)
                 break;
             resolve(w, s, best);
@@ -455,17 +467,18 @@ static void api_rendezvous(const trmtl_site *site, int kind, void *data, trmtl_r
     if (atomic_load(&w->L->abort))
         abandon(w, ln);
     rt_sg *sg = &w->sgs[ln->sg];
-    rt_group *g = NULL, *fr = NULL;
-    for (int k = 0; k < MAX_GROUPS; k++) {
-        if (sg->g[k].used && sg->g[k].kind == kind && same_site(&sg->g[k].site, site)) {
-            g = &sg->g[k];
+    rt_group *g = NULL;
+    for (uint32_t m = sg->gused; m; m &= m - 1) {
+        rt_group *c = &sg->g[__builtin_ctz(m)];
+        if (c->kind == kind && same_site(&c->site, site)) {
+            g = c;
             break;
         }
-        if (!sg->g[k].used && !fr)
-            fr = &sg->g[k];
     }
     if (!g) {
-        g = fr;                /* at most 32 lanes wait, so a free group always exists */
+        int k = __builtin_ctz(~sg->gused);   /* at most 32 lanes wait, so a free group always exists */
+        g = &sg->g[k];
+        sg->gused |= 1u << k;
         g->used = 1;
         g->site = *site;
         g->kind = kind;
@@ -607,21 +620,46 @@ const trmtl_rt_api *trmtl_rt_api_table(void) { return &the_api; }
 
 /* ---- lanes and threadgroups ------------------------------------------------------------------------------------ */
 
+/* A lane's fiber.  When its kernel returns and the policy's next pick is a lane that has not started yet, that lane
+ * runs next on the same stack (the exited lane's frames are dead) instead of a switch to the scheduler, a new
+ * context and a switch back: the schedule is the one the scheduler loop would have made, and a kernel without
+ * scheduling points costs about a function call per lane.  Any other pick is handed to the scheduler. */
 static void lane_entry(void *arg)
 {
     rt_lane *ln = arg;
     rt_worker *w = tls_w;
     lane_arrived(w, ln);
-    w->in_lane = 1;
-    w->L->rk->kd->launch(&ln->pub);
-    w->in_lane = 0;
-    ln->state = L_EXITED;
-    w->n_exited++;
-    rt_sg *sg = &w->sgs[ln->sg];
-    sg->live &= ~(1u << ln->lane);
-    if (w->n_barrier > 0 && w->n_barrier + w->n_exited == w->nlanes)
-        release_barrier(w);
-    resolve_complete(w, ln->sg);
+    for (;;) {
+        w->in_lane = 1;
+        w->L->rk->kd->launch(&ln->pub);
+        w->in_lane = 0;
+        ln->state = L_EXITED;
+        w->n_exited++;
+        rt_sg *sg = &w->sgs[ln->sg];
+        sg->live &= ~(1u << ln->lane);
+        if (w->n_barrier > 0 && w->n_barrier + w->n_exited == w->nlanes)
+            release_barrier(w);
+        resolve_complete(w, ln->sg);
+        if (atomic_load(&w->L->abort))
+            break;
+        int i = pick(w);
+        if (i < 0 || w->lanes[i].state != L_NEW) {
+            w->picked = i;
+            w->have_picked = 1;
+            break;
+        }
+        rt_lane *nx = &w->lanes[i];
+        w->last = i;
+        clr_run(w, i);
+        nx->stack = ln->stack;
+        ln->stack = NULL;
+        trmtl_ctx t = nx->ctx;   /* the running context's storage (the ucontext fallback's buffer) moves along */
+        nx->ctx = ln->ctx;
+        ln->ctx = t;
+        nx->state = L_RUNNABLE;
+        w->cur = nx;
+        ln = nx;
+    }
     leave_lane(w, ln, 1);
     abort();
 }
@@ -656,34 +694,47 @@ static void run_tg(rt_worker *w, uint64_t t)
     trmtl_uint3 grid = L->dispatch_threads ? (trmtl_uint3){L->threads[0], L->threads[1], L->threads[2]}
                                            : (trmtl_uint3){L->ntg[0] * L->tgsz[0], L->ntg[1] * L->tgsz[1],
                                                            L->ntg[2] * L->tgsz[2]};
+    /* builtins that depend only on the threadgroup's shape: set when the shape changes (partial threadgroups of
+     * dispatchThreads) or on the first threadgroup of the launch */
+    if (w->geo[0] != sx || w->geo[1] != sy || w->geo[2] != sz) {
+        for (int i = 0; i < n; i++) {
+            rt_lane *ln = &w->lanes[i];
+            uint32_t x = (uint32_t)i % sx, y = ((uint32_t)i / sx) % sy, z = (uint32_t)i / (sx * sy);
+            trmtl_lane *p = &ln->pub;
+            p->thread_position_in_threadgroup = (trmtl_uint3){x, y, z};
+            p->threads_per_threadgroup = (trmtl_uint3){sx, sy, sz};
+            p->dispatch_threads_per_threadgroup = (trmtl_uint3){L->tgsz[0], L->tgsz[1], L->tgsz[2]};
+            p->threadgroups_per_grid = tpg;
+            p->threads_per_grid = grid;
+            p->grid_origin = (trmtl_uint3){0, 0, 0};
+            p->grid_size = grid;
+            p->thread_index_in_threadgroup = (uint32_t)i;
+            p->thread_index_in_simdgroup = (uint32_t)i % 32;
+            p->simdgroup_index_in_threadgroup = (uint32_t)i / 32;
+            p->threads_per_simdgroup = 32;
+            p->simdgroups_per_threadgroup = (uint32_t)w->nsg;
+            p->thread_index_in_quadgroup = (uint32_t)i % 4;
+            p->quadgroup_index_in_threadgroup = (uint32_t)i / 4;
+            p->quadgroups_per_threadgroup = ((uint32_t)n + 3) / 4;
+            p->thread_execution_width = 32;
+            p->bind = L->bind;
+            p->tg_dyn = w->tg_dyn;
+            ln->sg = i / 32;
+            ln->lane = i % 32;
+        }
+        w->geo[0] = sx;
+        w->geo[1] = sy;
+        w->geo[2] = sz;
+    }
+    uint32_t ox = gx * L->tgsz[0], oy = gy * L->tgsz[1], oz = gz * L->tgsz[2];
     for (int i = 0; i < n; i++) {
         rt_lane *ln = &w->lanes[i];
-        uint32_t x = (uint32_t)i % sx, y = ((uint32_t)i / sx) % sy, z = (uint32_t)i / (sx * sy);
         trmtl_lane *p = &ln->pub;
-        p->thread_position_in_threadgroup = (trmtl_uint3){x, y, z};
         p->threadgroup_position_in_grid = (trmtl_uint3){gx, gy, gz};
-        p->thread_position_in_grid =
-            (trmtl_uint3){gx * L->tgsz[0] + x, gy * L->tgsz[1] + y, gz * L->tgsz[2] + z};
-        p->threads_per_threadgroup = (trmtl_uint3){sx, sy, sz};
-        p->dispatch_threads_per_threadgroup = (trmtl_uint3){L->tgsz[0], L->tgsz[1], L->tgsz[2]};
-        p->threadgroups_per_grid = tpg;
-        p->threads_per_grid = grid;
-        p->grid_origin = (trmtl_uint3){0, 0, 0};
-        p->grid_size = grid;
-        p->thread_index_in_threadgroup = (uint32_t)i;
-        p->thread_index_in_simdgroup = (uint32_t)i % 32;
-        p->simdgroup_index_in_threadgroup = (uint32_t)i / 32;
-        p->threads_per_simdgroup = 32;
-        p->simdgroups_per_threadgroup = (uint32_t)w->nsg;
-        p->thread_index_in_quadgroup = (uint32_t)i % 4;
-        p->quadgroup_index_in_threadgroup = (uint32_t)i / 4;
-        p->quadgroups_per_threadgroup = ((uint32_t)n + 3) / 4;
-        p->thread_execution_width = 32;
-        p->bind = L->bind;
-        p->tg_dyn = w->tg_dyn;
+        p->thread_position_in_grid = (trmtl_uint3){ox + p->thread_position_in_threadgroup.x,
+                                                   oy + p->thread_position_in_threadgroup.y,
+                                                   oz + p->thread_position_in_threadgroup.z};
         ln->state = L_NEW;
-        ln->sg = i / 32;
-        ln->lane = i % 32;
         ln->mma_seq = 0;
         ln->stack = NULL;
     }
@@ -691,8 +742,9 @@ static void run_tg(rt_worker *w, uint64_t t)
         rt_sg *sg = &w->sgs[s];
         int cnt = n - s * 32 < 32 ? n - s * 32 : 32;
         sg->present = sg->live = cnt == 32 ? 0xFFFFFFFFu : ((1u << cnt) - 1);
-        for (int k = 0; k < MAX_GROUPS; k++)
-            sg->g[k].used = 0;
+        for (uint32_t m = sg->gused; m; m &= m - 1)
+            sg->g[__builtin_ctz(m)].used = 0;
+        sg->gused = 0;
         for (int k = 0; k < MEMO_RING; k++)
             sg->memo[k].valid = 0;
     }
@@ -714,8 +766,12 @@ static void run_tg(rt_worker *w, uint64_t t)
     if (w->arena_used > w->st.peak_tg_bytes)
         w->st.peak_tg_bytes = w->arena_used;
     memset(w->run, 0, sizeof w->run);
-    for (int i = 0; i < n; i++)
-        set_run(w, i);
+    for (int i = 0; i < n; i++) {
+        w->run[i >> 6] |= 1ull << (i & 63);
+        w->rlist[i] = w->rpos[i] = (uint16_t)i;
+    }
+    w->nrun = n;
+    w->have_picked = 0;
     w->n_exited = w->n_barrier = 0;
     w->last = L->sched.policy == TR_MTL_REVERSE ? n : -1;
     w->rng = L->sched.seed ^ (t * 0xD1B54A32D192ED03ull);
@@ -723,7 +779,8 @@ static void run_tg(rt_worker *w, uint64_t t)
     w->st.lanes += (uint64_t)n;
 
     while (!atomic_load(&L->abort)) {
-        int i = pick(w);
+        int i = w->have_picked ? w->picked : pick(w);
+        w->have_picked = 0;
         if (i < 0) {
             if (w->n_exited == n)
                 break;
@@ -762,6 +819,7 @@ static void run_tg(rt_worker *w, uint64_t t)
         ln->state = L_RUNNABLE;
         w->cur = ln;
         enter_lane(w, ln);
+        ln = w->cur;           /* the lane that came back: another one when lanes chained on this stack */
         w->cur = NULL;
         w->in_lane = 0;
         if (ln->state == L_EXITED)
@@ -1115,6 +1173,8 @@ void tr_mtl_result_free(tr_mtl_result *res)
     res->diags = NULL;
     res->ndiags = 0;
 }
+
+const char *tr_mtl_backend_name(void) { return "metal-emu"; }
 
 const char *tr_mtl_status_name(tr_mtl_status s)
 {
