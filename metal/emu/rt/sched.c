@@ -864,7 +864,7 @@ static void *worker_main(void *arg)
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     uint32_t maxl = L->tgsz[0] * L->tgsz[1] * L->tgsz[2];
     w->lanes = tr_calloc(maxl, sizeof *w->lanes);
-    w->sgs = tr_malloc(((maxl + 31) / 32) * sizeof *w->sgs);
+    w->sgs = tr_calloc((maxl + 31) / 32, sizeof *w->sgs);   /* zeroed: gused starts empty */
     w->arena = aligned_alloc(4096, ARENA_BYTES);
     w->site_ptr = tr_calloc(L->lib->nsites ? L->lib->nsites : 1, sizeof *w->site_ptr);
     w->alloc_sites = tr_calloc(L->lib->nsites ? L->lib->nsites : 1, sizeof *w->alloc_sites);
