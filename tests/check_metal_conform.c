@@ -362,7 +362,7 @@ START_TEST(test_host_include_expansion)
     free(src);
     /* a file included twice is inlined once; a missing include is an error naming it; comments do not count */
     const char *dir = tr_test_tmpdir();
-    tr_test_write(dir, "h.h", "#pragma once\nint twice;\n", 25);
+    tr_test_write(dir, "h.h", "#pragma once\nint twice;\n", strlen("#pragma once\nint twice;\n"));
     const char *k = "#include \"h.h\"\n#include \"h.h\"\n// kernel void f(uint3 p [[thread_position_in_grid]])\n"
                     "kernel void f(device float *o [[buffer(0)]], vec<uint, 3> p [[thread_position_in_grid]],\n"
                     "              ushort2 t [[thread_position_in_threadgroup]]) {}\n";
@@ -374,7 +374,8 @@ START_TEST(test_host_include_expansion)
     ck_assert_int_eq(trmh_builtin_width(src, "f", "thread_position_in_grid"), 3);
     ck_assert_int_eq(trmh_builtin_width(src, "f", "thread_position_in_threadgroup"), 2);
     free(src);
-    const char *bad = tr_test_write(dir, "bad.metal", "#include \"missing.h\"\n", 21);
+    const char *inc = "#include \"missing.h\"\n";
+    const char *bad = tr_test_write(dir, "bad.metal", inc, strlen(inc));
     ck_assert_int_eq(trmh_expand_includes(bad, &src, why, sizeof why), -1);
     ck_assert_ptr_null(src);
     ck_assert_ptr_nonnull(strstr(why, "missing.h: cannot be read"));
