@@ -7,6 +7,7 @@
 #include "cli.h"
 #include "conform.h"
 #include "trellis/alloc.h"
+#include "trellis/coverage.h"
 #include "trellis/jsonio.h"
 #include "trellis/version.h"
 
@@ -190,6 +191,7 @@ static void child_run(run_state *s, const tr_case *c, json_t *capture_case, int 
     tr_dealloc(text);
     json_decref(res);
     tr_backend_destroy(src.be);
+    tr_coverage_flush();   /* coverage builds: _exit skips gcov's exit handler */
     _exit(code);
 }
 

@@ -57,8 +57,9 @@ static int make_routed(const tr_case *c, tr_bufs *in, tr_error *err)
     tr_buf *probs = ids ? tr_bufs_add(in, "probs", TR_ROLE_INPUT, TR_DT_F32, 2, rs) : NULL;
     if (!probs)
         return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
-    if (reg_make_routing(c, "ids", pstr(c, "routing", "uniform"), T, k, E, (int32_t *)(void *)ids->data) != TR_OK)
-        return tr_fail(err, TR_E_INVALID_PARAM, c->id, "unknown routing");
+    int rr = reg_make_routing(c, "ids", pstr(c, "routing", "uniform"), T, k, E, (int32_t *)(void *)ids->data);
+    if (rr != TR_OK)
+        return tr_fail(err, rr, c->id, rr == TR_E_NOMEM ? "out of memory" : "unknown routing");
     reg_make_probs(c, "probs", T, k, 0, (float *)(void *)probs->data);
     return TR_OK;
 }
@@ -232,9 +233,11 @@ static int gather_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *er
     int rc = tok && ids && sorted && inv && probs && sp ? TR_OK : tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     if (rc == TR_OK) {
         reg_fill(c, x, "normal", 1.0);
-        reg_make_routing(c, "ids", "uniform", T, k, 8, ids);
         tr_grouping g = {0, 0, 0, 0, sorted, off, sp, inv};
-        rc = tr_ref_moe_group(ids, probs, T, k, 8, &g, err);
+        if (reg_make_routing(c, "ids", "uniform", T, k, 8, ids) != TR_OK)   /* ids would stay uninitialised */
+            rc = tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
+        else
+            rc = tr_ref_moe_group(ids, probs, T, k, 8, &g, err);
         for (uint32_t r = 0; rc == TR_OK && r < N; r++)
             ((uint32_t *)(void *)tok->data)[r] = sorted[r] / k;
     }

@@ -465,13 +465,19 @@ static void consumed_input(const tr_case *c, const tr_qweight *w, const float *x
             xr[i] = tr_case_acc_f16(c) ? tr_f16_to_f32(tr_f32_to_f16(x[i])) : x[i];
 }
 
-/* Scale x by 2^e so the largest Σ|x·w| of any output is within the range contract (KERNELS.md §6.5). */
-static void fit_range(const tr_case *c, tr_buf *x, const tr_qweight *w, uint32_t M, double limit)
+/* Scale x by 2^e so the largest Σ|x·w| of any output is within the range contract (KERNELS.md §6.5).  TR_E_NOMEM
+ * when the scratch cannot be allocated (x is then left as drawn: the case must not run). */
+static int fit_range(const tr_case *c, tr_buf *x, const tr_qweight *w, uint32_t M, double limit)
 {
     double *wd = reg_weights_f64(w);
     float *xr = tr_malloc((size_t)w->I * sizeof *xr);
     double worst = 0.0;
-    for (uint32_t m = 0; wd && xr && m < M; m++) {
+    if (!wd || !xr) {
+        tr_dealloc(wd);
+        tr_dealloc(xr);
+        return TR_E_NOMEM;
+    }
+    for (uint32_t m = 0; m < M; m++) {
         consumed_input(c, w, (const float *)(const void *)x->data + (size_t)m * w->I, xr);
         for (uint32_t o = 0; o < w->O; o++) {
             double s = 0.0;
@@ -486,6 +492,7 @@ static void fit_range(const tr_case *c, tr_buf *x, const tr_qweight *w, uint32_t
     int e = reg_fit_exponent(worst, limit);
     if (e < 0)
         reg_scale_pow2(x, e);
+    return TR_OK;
 }
 
 /* One linear's inputs: weight "<p>" and, when x_name is given, the activations [M][I]. */
@@ -523,9 +530,9 @@ static int gemm_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
     tr_qweight w;
     reg_qweight_view(in, "w", pint(c, "gs", 128),
                      tr_params_is(&c->params, "rotation", "hadamard128") ? TR_ROT_HADAMARD128 : TR_ROT_NONE, &w);
-    fit_range(c, x, &w, M, tr_case_acc_f16(c) || gemm_out_f16(c) ? LIMIT_F16 : LIMIT_F32);
     uint64_t shape[2] = {M, O};
-    if (!tr_bufs_add(out, "y", TR_ROLE_OUTPUT, gemm_out_f16(c) ? TR_DT_F16 : TR_DT_F32, 2, shape))
+    if (fit_range(c, x, &w, M, tr_case_acc_f16(c) || gemm_out_f16(c) ? LIMIT_F16 : LIMIT_F32) != TR_OK ||
+        !tr_bufs_add(out, "y", TR_ROLE_OUTPUT, gemm_out_f16(c) ? TR_DT_F16 : TR_DT_F32, 2, shape))
         return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     return TR_OK;
 }
@@ -638,12 +645,18 @@ static const tr_variant swiglu_variants[] = {
               "SWIGLU", "G32D", swiglu_domain, "gate and up share b, su, sv;M<=16", 0, 0),
 };
 
-/* Scale x so that every Σ|x·w| and every |silu(g)·u| stays within 2^14 (the product scales with x²). */
-static void fit_swiglu(const tr_case *c, tr_buf *x, const tr_qweight *g, const tr_qweight *u, uint32_t M)
+/* Scale x so that every Σ|x·w| and every |silu(g)·u| stays within 2^14 (the product scales with x²).  TR_E_NOMEM
+ * when the widened weights cannot be allocated. */
+static int fit_swiglu(const tr_case *c, tr_buf *x, const tr_qweight *g, const tr_qweight *u, uint32_t M)
 {
     double *wg = reg_weights_f64(g), *wu = reg_weights_f64(u), worst = 0.0;
     const float *X = (const float *)(const void *)x->data;
-    for (uint32_t m = 0; wg && wu && m < M; m++)
+    if (!wg || !wu) {
+        tr_dealloc(wg);
+        tr_dealloc(wu);
+        return TR_E_NOMEM;
+    }
+    for (uint32_t m = 0; m < M; m++)
         for (uint32_t j = 0; j < g->O; j++) {
             double sg = 0.0, su = 0.0;
             for (uint32_t i = 0; i < g->I; i++)
@@ -661,6 +674,7 @@ static void fit_swiglu(const tr_case *c, tr_buf *x, const tr_qweight *g, const t
     int e = reg_fit_exponent(worst, tr_case_acc_f16(c) ? LIMIT_F16 : 128.0);
     if (e < 0)
         reg_scale_pow2(x, e);
+    return TR_OK;
 }
 
 static int swiglu_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
@@ -682,9 +696,8 @@ static int swiglu_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *er
     tr_qweight g, u;
     reg_qweight_view(in, "gate", 128, TR_ROT_NONE, &g);
     reg_qweight_view(in, "up", 128, TR_ROT_NONE, &u);
-    fit_swiglu(c, x, &g, &u, M);
     uint64_t shape[2] = {M, I};
-    if (!tr_bufs_add(out, "s", TR_ROLE_OUTPUT, TR_DT_F16, 2, shape))
+    if (fit_swiglu(c, x, &g, &u, M) != TR_OK || !tr_bufs_add(out, "s", TR_ROLE_OUTPUT, TR_DT_F16, 2, shape))
         return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     return TR_OK;
 }
@@ -784,8 +797,9 @@ static int qkv_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
     }
     for (int p = 0; rc == TR_OK && p < 3; p++) {   /* one scaling of x that fits all three projections */
         tr_qweight w;
-        if (pint(c, qkv_keys[p], 0) && reg_qweight_view(in, qkv_names[p], 128, TR_ROT_NONE, &w) == TR_OK)
-            fit_range(c, x, &w, M, LIMIT_F16);
+        if (pint(c, qkv_keys[p], 0) && reg_qweight_view(in, qkv_names[p], 128, TR_ROT_NONE, &w) == TR_OK &&
+            fit_range(c, x, &w, M, LIMIT_F16) != TR_OK)
+            rc = tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     }
     return rc;
 }

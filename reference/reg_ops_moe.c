@@ -195,14 +195,15 @@ static int range_obviously_fine(const tr_buf *x, const expert_view *v, double li
     return lin <= limit && quad <= limit;
 }
 
-static void fit_expert_range(const tr_case *c, tr_buf *x, const expert_f64 *w, uint32_t rows, double limit)
+/* Scale x into the range contract of one expert; TR_E_NOMEM when the scratch cannot be allocated. */
+static int fit_expert_range(const tr_case *c, tr_buf *x, const expert_f64 *w, uint32_t rows, double limit)
 {
     (void)c;
     double lin = 0, quad = 0;
     const float *X = (const float *)(const void *)x->data;
     double *dmax = tr_calloc(w->I, sizeof *dmax);   /* max_n |Wd[n][j]| per column j */
     if (!dmax)
-        return;
+        return TR_E_NOMEM;
     for (uint32_t n = 0; n < w->H; n++)
         for (uint32_t j = 0; j < w->I; j++)
             dmax[j] = fmax(dmax[j], fabs(w->d[(size_t)n * w->I + j]));
@@ -228,6 +229,18 @@ static void fit_expert_range(const tr_case *c, tr_buf *x, const expert_f64 *w, u
     int e = e1 < (e2 - 1) / 2 ? e1 : (e2 - 1) / 2;
     if (e < 0)
         reg_scale_pow2(x, e);
+    return TR_OK;
+}
+
+/* The widened weights of one expert, then fit_expert_range; TR_E_NOMEM on an allocation failure. */
+static int fit_expert(const tr_case *c, tr_buf *x, const expert_view *v, uint32_t rows, double limit)
+{
+    expert_f64 w;
+    int rc = expert_f64_load(v, &w);
+    if (rc == TR_OK)
+        rc = fit_expert_range(c, x, &w, rows, limit);
+    expert_f64_free(&w);
+    return rc;
 }
 
 /* ---- expert_ffn ---------------------------------------------------------------------------------------------- */
@@ -279,15 +292,10 @@ static int expert_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *er
     if (is_h16(c))
         round_to_f16(x);
     expert_view v;
-    expert_f64 w;
     double limit = tr_case_acc_f16(c) ? 16384.0 : 0x1p100;   /* KERNELS.md §6.5 */
     view_expert(in, 0, &v);
-    if (!range_obviously_fine(x, &v, limit)) {
-        if (expert_f64_load(&v, &w) == TR_OK)
-            fit_expert_range(c, x, &w, R, limit);
-        expert_f64_free(&w);
-    }
-    if (!tr_bufs_add(out, "y", TR_ROLE_OUTPUT, tr_case_acc_f16(c) ? TR_DT_F16 : TR_DT_F32, 2, xs))
+    if ((!range_obviously_fine(x, &v, limit) && fit_expert(c, x, &v, R, limit) != TR_OK) ||
+        !tr_bufs_add(out, "y", TR_ROLE_OUTPUT, tr_case_acc_f16(c) ? TR_DT_F16 : TR_DT_F32, 2, xs))
         return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
     return TR_OK;
 }
@@ -468,8 +476,9 @@ static int moe_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
     if (is_h16(c))
         round_to_f16(x);
     int32_t *id = (int32_t *)(void *)ids->data;
-    if (reg_make_routing(c, "ids", pstr(c, "routing", "uniform"), T, k, E, id) != TR_OK)
-        return tr_fail(err, TR_E_INVALID_PARAM, c->id, "unknown routing");
+    int rr = reg_make_routing(c, "ids", pstr(c, "routing", "uniform"), T, k, E, id);
+    if (rr != TR_OK)
+        return tr_fail(err, rr, c->id, rr == TR_E_NOMEM ? "out of memory" : "unknown routing");
     reg_make_probs(c, "probs", T, k, is_h16(c), (float *)(void *)probs->data);
     uint8_t *used = tr_calloc(E, 1);
     if (!used)
@@ -484,17 +493,13 @@ static int moe_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
             rc = make_expert(c, in, (int)e, H, I, t, err);
         }
     if (rc == TR_OK) {   /* one scaling of x for every expert used (KERNELS.md §6.5) */
-        for (uint32_t e = 0; e < E; e++)
+        for (uint32_t e = 0; rc == TR_OK && e < E; e++)
             if (used[e]) {
                 expert_view v;
-                expert_f64 w;
                 double limit = tr_case_acc_f16(c) ? 16384.0 : 0x1p100;
                 view_expert(in, (int)e, &v);
-                if (range_obviously_fine(x, &v, limit))
-                    continue;
-                if (expert_f64_load(&v, &w) == TR_OK)
-                    fit_expert_range(c, x, &w, T, limit);
-                expert_f64_free(&w);
+                if (!range_obviously_fine(x, &v, limit) && fit_expert(c, x, &v, T, limit) != TR_OK)
+                    rc = tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
             }
     }
     tr_dealloc(used);

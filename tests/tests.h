@@ -16,6 +16,7 @@
     X(codebook)      \
     X(dequant)       \
     X(checkpoint)    \
+    X(cov_checkpoint) \
     X(corpus)        \
     X(cli)           \
     X(cpu_gemv)      \
@@ -24,6 +25,7 @@
     X(nan_guard)     \
     X(symbols)       \
     X(registry)      \
+    X(cov_registry)  \
     X(conform)       \
     X(quantize)      \
     X(engine)        \
