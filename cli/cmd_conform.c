@@ -457,6 +457,37 @@ static int metal_maths(const conform_args *a, int *modes)
     return 1;
 }
 
+/* The quick tier of a metal-emu variant treats its declared domain as one more constraint of the op (docs/
+ * decisions.md, metal-emu bindings): every axis value the variant can take appears once, the other axes at their
+ * defaults or as few of them moved as the domain needs (tr_point_iter_init_pred).  Without any such point (or for an
+ * unavailable kernel) the op's own points are listed, each UNSUPPORTED with its reason; the always points are the
+ * op's metal_quick_always where it has them. */
+static int metal_point_ok(void *ctx, const tr_params *p)
+{
+    const cmetal_variant *mv = ctx;
+    tr_case c;
+    char why[512];
+    return tr_case_init(&c, mv->op, &mv->v, p->text, 0, 0) == TR_OK && !cmetal_unsupported(mv, &c, why, sizeof why);
+}
+
+static int metal_points(const conform_args *a, const cmetal_variant *mv, tr_point_iter *it, tr_error *err)
+{
+    int quick = a->tier == TR_TIER_QUICK, rc = TR_E_INTERNAL;
+    if (quick && mv->available) {
+        if (tr_point_iter_init_pred(it, mv->op, a->tier, metal_point_ok, (void *)mv, err) != TR_OK)
+            return err->code;
+        if (it->nlist > 0)
+            rc = TR_OK;
+        else
+            tr_point_iter_free(it);
+    }
+    if (rc != TR_OK && tr_point_iter_init(it, mv->op, a->tier, err) != TR_OK)
+        return err->code;
+    if (quick && mv->op->metal_quick_always)   /* the realistic shapes of the emulator's quick tier */
+        tr_point_iter_use_always(it, mv->op->metal_quick_always, mv->op->nmetal_quick_always);
+    return TR_OK;
+}
+
 /* One metal-emu variant: every point of the tier (times each math mode); cases outside the variant's declared
  * domain, or of a kernel whose parameters do not match the binding family, are UNSUPPORTED without running. */
 static int run_metal_variant(run_state *s, const cmetal_variant *mv, uint64_t *number, tr_error *err)
@@ -466,7 +497,7 @@ static int run_metal_variant(run_state *s, const cmetal_variant *mv, uint64_t *n
     if (!ops_match(a->ops, mv->op->name, mv->v.id, &explicit_variant))
         return TR_OK;
     tr_point_iter it;
-    if (tr_point_iter_init(&it, mv->op, a->tier, err) != TR_OK)
+    if (metal_points(a, mv, &it, err) != TR_OK)
         return err->code;
     char text[TR_CASE_ID_MAX];
     int rc = TR_OK;

@@ -318,10 +318,12 @@ static void dequant_finish(mctx *m)
     const uint16_t *o = (const uint16_t *)(const void *)mb_data(find_buf(m, "out"));
     uint16_t *w = (uint16_t *)(void *)OUT(m, "w16")->data;
     int bulk = !strcmp(m->mv->v.binding, "DQ_BULK");
-    for (uint32_t k = 0; k < K; k++)
-        for (uint32_t n = 0; n < N; n++)
-            w[(size_t)n * K + k] = bulk ? o[((size_t)(k / 16) * TO + n / 16) * 256 + (k % 16) * 16 + n % 16]
-                                        : o[(size_t)k * N + n];
+    for (uint32_t k0 = 0; k0 < K; k0 += 16)   /* by 16×16 blocks: the transpose stays in cache */
+        for (uint32_t n0 = 0; n0 < N; n0 += 16)
+            for (uint32_t n = n0; n < N && n < n0 + 16; n++)
+                for (uint32_t k = k0; k < K && k < k0 + 16; k++)
+                    w[(size_t)n * K + k] = bulk ? o[((size_t)(k / 16) * TO + n / 16) * 256 + (k % 16) * 16 + n % 16]
+                                                : o[(size_t)k * N + n];
 }
 
 static int dequant_prepare(mctx *m)
@@ -726,62 +728,107 @@ static int moe_launch(mctx *m, const int *ids, int n, uint32_t batch, uint32_t k
     if (!add_buf(m, L, 0, "x", MB_IN, TR_DT_F16, (size_t)batch * H * 2, x) ||
         bind_stack(m, L, ids, n, bits, &eb) != TR_OK)
         return m->err->code;
-    if (!strcmp(fam, "MOE_GROUPED")) {
-        /* sorted entries of the local ids (stable counting sort, MOE.md §3): row of x/out = token, offsets, probs */
-        uint32_t N = batch * k;
-        int32_t *lid = tr_malloc((size_t)N * 4 + 4);
-        float *pf = tr_malloc((size_t)N * 4 + 4), *sp = tr_malloc((size_t)N * 4 + 4);
-        uint32_t *sorted = tr_malloc((size_t)N * 4 + 4), *inv = tr_malloc((size_t)N * 4 + 4),
-                 *off = tr_malloc((size_t)(E + 1) * 4), *rows = tr_malloc((size_t)N * 4 + 4);
-        uint16_t *sph = tr_malloc((size_t)N * 2 + 2);
-        int rc = lid && pf && sp && sorted && inv && off && rows && sph ? TR_OK : TR_E_NOMEM;
-        for (uint32_t f = 0; rc == TR_OK && f < N; f++) {
-            lid[f] = (int32_t)local[f];
-            pf[f] = tr_f16_to_f32(probs[f]);
+    if (!add_buf(m, L, 14, "expert_ids", MB_IN, TR_DT_U32, (size_t)batch * k * 4, local) ||
+        !add_buf(m, L, 15, "probs", MB_IN, TR_DT_F16, (size_t)batch * k * 2, probs) ||
+        !add_buf(m, L, 16, out_name, MB_ACC, TR_DT_F32, (size_t)batch * H * 4, NULL) ||
+        moe_params(m, L, 17, batch, H, I, E, k, bits) != TR_OK)
+        return m->err->code;
+    if (!strcmp(fam, "MOE_MIXED")) {
+        uint8_t eb8[256];
+        uint32_t offs[256];
+        for (int e = 0; e < n && e < 256; e++) {
+            eb8[e] = (uint8_t)bits[0];
+            offs[e] = (uint32_t)(eb * (size_t)e);
         }
-        tr_grouping g = {0, 0, 0, 0, sorted, off, sp, inv};
-        if (rc == TR_OK)
-            rc = tr_ref_moe_group(lid, pf, batch, k, E, &g, m->err);
-        for (uint32_t r = 0; rc == TR_OK && r < N; r++) {
-            rows[r] = sorted[r] / k;
-            sph[r] = tr_f32_to_f16(sp[r]);
-        }
-        if (rc == TR_OK && !(add_buf(m, L, 14, "sorted_token_ids", MB_IN, TR_DT_U32, (size_t)N * 4, rows) &&
-                             add_buf(m, L, 15, "offsets", MB_IN, TR_DT_U32, (size_t)(E + 1) * 4, off) &&
-                             add_buf(m, L, 16, "sorted_probs", MB_IN, TR_DT_F16, (size_t)N * 2, sph) &&
-                             add_buf(m, L, 17, out_name, MB_ACC, TR_DT_F32, (size_t)batch * H * 4, NULL) &&
-                             moe_params(m, L, 18, batch, H, I, E, k, bits) == TR_OK))
-            rc = m->err->code ? m->err->code : TR_E_NOMEM;
-        tr_dealloc(lid);
-        tr_dealloc(pf);
-        tr_dealloc(sp);
-        tr_dealloc(sorted);
-        tr_dealloc(inv);
-        tr_dealloc(off);
-        tr_dealloc(rows);
-        tr_dealloc(sph);
-        if (rc != TR_OK)
-            return rc == TR_E_NOMEM ? tr_fail(m->err, rc, m->c->id, "out of memory") : rc;
-    } else {
-        if (!add_buf(m, L, 14, "expert_ids", MB_IN, TR_DT_U32, (size_t)batch * k * 4, local) ||
-            !add_buf(m, L, 15, "probs", MB_IN, TR_DT_F16, (size_t)batch * k * 2, probs) ||
-            !add_buf(m, L, 16, out_name, MB_ACC, TR_DT_F32, (size_t)batch * H * 4, NULL) ||
-            moe_params(m, L, 17, batch, H, I, E, k, bits) != TR_OK)
+        if (!add_buf(m, L, 21, "expert_bits", MB_IN, TR_DT_U8, (size_t)n, eb8) ||
+            !add_buf(m, L, 22, "weight_offsets", MB_IN, TR_DT_U32, (size_t)n * 4, offs))
             return m->err->code;
-        if (!strcmp(fam, "MOE_MIXED")) {
-            uint8_t eb8[256];
-            uint32_t offs[256];
-            for (int e = 0; e < n && e < 256; e++) {
-                eb8[e] = (uint8_t)bits[0];
-                offs[e] = (uint32_t)(eb * (size_t)e);
-            }
-            if (!add_buf(m, L, 21, "expert_bits", MB_IN, TR_DT_U8, (size_t)n, eb8) ||
-                !add_buf(m, L, 22, "weight_offsets", MB_IN, TR_DT_U32, (size_t)n * 4, offs))
-                return m->err->code;
-        }
     }
     moe_geom(m, L, H, batch, k, E);
     return TR_OK;
+}
+
+/* The grouped kernel's inputs (MOE.md §3.5): the stable counting sort of the local ids gives rows r = 0..N-1;
+ * A[r] = x[token(r)] is the gathered activation matrix, the kernel's sorted_token_ids binding is r itself (the row
+ * of A and of the output), offsets the local segments, sorted probs the f16 probabilities.  Each output row has one
+ * writer; moe_finish combines the rows of a token in slot order (row of slot f = inverse[f]). */
+typedef struct grouped_in {
+    int32_t *lid;
+    float *pf, *sp;
+    uint32_t *sorted, *inv, *off, *rows;
+    uint16_t *A, *sph;
+} grouped_in;
+
+static void grouped_free(grouped_in *g)
+{
+    tr_dealloc(g->lid);
+    tr_dealloc(g->pf);
+    tr_dealloc(g->sp);
+    tr_dealloc(g->sorted);
+    tr_dealloc(g->inv);
+    tr_dealloc(g->off);
+    tr_dealloc(g->rows);
+    tr_dealloc(g->A);
+    tr_dealloc(g->sph);
+}
+
+static int grouped_sort(mctx *m, grouped_in *g, uint32_t T, uint32_t k, uint32_t E, uint32_t H, const uint16_t *x,
+                        const uint32_t *local, const uint16_t *probs)
+{
+    uint32_t N = T * k;
+    g->lid = tr_malloc((size_t)N * 4 + 4);
+    g->pf = tr_malloc((size_t)N * 4 + 4);
+    g->sp = tr_malloc((size_t)N * 4 + 4);
+    g->sorted = tr_malloc((size_t)N * 4 + 4);
+    g->inv = tr_malloc((size_t)N * 4 + 4);
+    g->off = tr_malloc((size_t)(E + 1) * 4);
+    g->rows = tr_malloc((size_t)N * 4 + 4);
+    g->A = tr_malloc((size_t)N * H * 2 + 2);
+    g->sph = tr_malloc((size_t)N * 2 + 2);
+    if (!g->lid || !g->pf || !g->sp || !g->sorted || !g->inv || !g->off || !g->rows || !g->A || !g->sph)
+        return tr_fail(m->err, TR_E_NOMEM, m->c->id, "out of memory");
+    for (uint32_t f = 0; f < N; f++) {
+        g->lid[f] = (int32_t)local[f];
+        g->pf[f] = tr_f16_to_f32(probs[f]);
+    }
+    tr_grouping gr = {0, 0, 0, 0, g->sorted, g->off, g->sp, g->inv};
+    int rc = tr_ref_moe_group(g->lid, g->pf, T, k, E, &gr, m->err);
+    for (uint32_t r = 0; rc == TR_OK && r < N; r++) {
+        g->rows[r] = r;
+        g->sph[r] = tr_f32_to_f16(g->sp[r]);
+        memcpy(g->A + (size_t)r * H, x + (size_t)(g->sorted[r] / k) * H, (size_t)H * 2);
+    }
+    return rc;
+}
+
+static int moe_launch_grouped(mctx *m, const int *ids, int n, uint32_t T, uint32_t k, const uint16_t *x,
+                              const uint32_t *local, const uint16_t *probs)
+{
+    moe_priv *p = m->priv;
+    uint32_t H = P(m, "H", 16), I = P(m, "I", 16), E = (uint32_t)n, N = T * k;
+    grouped_in g;
+    memset(&g, 0, sizeof g);
+    int L = new_launch(m), rc = L < 0 ? m->err->code : grouped_sort(m, &g, T, k, E, H, x, local, probs);
+    unsigned bits[3];
+    size_t eb;
+    if (rc == TR_OK && !(add_buf(m, L, 0, "x", MB_IN, TR_DT_F16, (size_t)N * H * 2, g.A) &&
+                         bind_stack(m, L, ids, n, bits, &eb) == TR_OK &&
+                         add_buf(m, L, 14, "sorted_token_ids", MB_IN, TR_DT_U32, (size_t)N * 4, g.rows) &&
+                         add_buf(m, L, 15, "offsets", MB_IN, TR_DT_U32, (size_t)(E + 1) * 4, g.off) &&
+                         add_buf(m, L, 16, "sorted_probs", MB_IN, TR_DT_F16, (size_t)N * 2, g.sph) &&
+                         add_buf(m, L, 17, "out0", MB_ACC, TR_DT_F32, (size_t)N * H * 4, NULL) &&
+                         moe_params(m, L, 18, N, H, I, E, 1, bits) == TR_OK))
+        rc = m->err->code ? m->err->code : TR_E_NOMEM;
+    for (uint32_t f = 0; rc == TR_OK && f < N; f++) {
+        p->group_of[f] = L;
+        p->row_of[f] = g.inv[f];
+    }
+    if (rc == TR_OK) {
+        snprintf(p->out_name[L], sizeof p->out_name[0], "out0");
+        moe_geom(m, L, H, N, 1, E);
+    }
+    grouped_free(&g);
+    return rc;
 }
 
 static void moe_priv_free(moe_priv *p)
@@ -810,7 +857,8 @@ static int moe_prepare(mctx *m)
         p->T = T;
         p->k = k;
         p->H = H;
-        p->flat = tr_params_is(&m->c->params, "launch", "flat") && !strcmp(m->mv->v.binding, "MOE18");
+        p->flat = (tr_params_is(&m->c->params, "launch", "flat") && !strcmp(m->mv->v.binding, "MOE18")) ||
+                  !strcmp(m->mv->v.binding, "MOE_GROUPED");   /* rows combined here in slot order */
         p->group_of = tr_calloc((size_t)T * k + 1, sizeof *p->group_of);
         p->row_of = tr_calloc((size_t)T * k + 1, sizeof *p->row_of);
         if (!p->group_of || !p->row_of)
@@ -819,7 +867,8 @@ static int moe_prepare(mctx *m)
     }
     for (uint32_t f = 0; rc == TR_OK && f < T * k; f++)
         used[ids[f]] = 1;
-    if (rc == TR_OK && p->flat) {
+    int grouped = !strcmp(m->mv->v.binding, "MOE_GROUPED");
+    if (rc == TR_OK && p->flat && !grouped) {
         /* one launch per tuple group: experts of that tuple in ascending id order, rows in flat order */
         unsigned done[ML_MAX];
         int ngroups = 0;
@@ -866,8 +915,10 @@ static int moe_prepare(mctx *m)
         for (uint32_t f = 0; f < T * k; f++)
             loc[f] = (uint32_t)lidx[ids[f]];
         snprintf(p->out_name[0], sizeof p->out_name[0], "out");
-        m->order_free = 1;   /* the k slots of a token add into one row with atomics, in any order */
-        rc = moe_launch(m, list, n, T, k, x, loc, pr, "out");
+        /* foreign kernels add the k slots of a token into one row with atomics, in any order; ours combine them in
+         * slot order (canonical), so a schedule-dependent output of ours is a FAIL */
+        m->order_free = !grouped && !m->mv->ours;
+        rc = grouped ? moe_launch_grouped(m, list, n, T, k, x, loc, pr) : moe_launch(m, list, n, T, k, x, loc, pr, "out");
     }
     tr_dealloc(x);
     tr_dealloc(pr);
@@ -882,6 +933,194 @@ static int moe_prepare(mctx *m)
     return rc;
 }
 
+/* ---- router_topk (§4.9): one 128-thread threadgroup per token, f16 weights ------------------------------------- */
+
+/* Every variant buffer named like a canonical output is that output, in its layout and dtype. */
+static void named_finish(mctx *m)
+{
+    for (int k = 0; k < m->got->n; k++)
+        copy_out(m, m->got->v[k]->name, m->got->v[k]->name);
+}
+
+/* Wr f16 [E][H] as the kernel reads it: [E][H] (coalesced, int8) or transposed [H][E]. */
+static mbuf *in_router_w(mctx *m, int L, const tr_buf *wr, int transpose)
+{
+    uint32_t E = (uint32_t)wr->shape[0], H = (uint32_t)wr->shape[1];
+    size_t es = tr_dtype_size(wr->dtype);
+    if (!transpose)
+        return in_copy(m, L, 1, "Wr", wr);
+    uint8_t *t = tr_malloc((size_t)E * H * es + 1);
+    if (!t) {
+        tr_fail(m->err, TR_E_NOMEM, m->c->id, "out of memory");
+        return NULL;
+    }
+    for (uint32_t e = 0; e < E; e++)
+        for (uint32_t d = 0; d < H; d++)
+            memcpy(t + ((size_t)d * E + e) * es, wr->data + ((size_t)e * H + d) * es, es);
+    mbuf *b = add_buf(m, L, 1, "Wr", MB_IN, wr->dtype, (size_t)E * H * es, t);
+    tr_dealloc(t);
+    return b;
+}
+
+/* The fused routers: 0 x, 1 Wr, [2 scale | 2 candidates], ids, w, then T, H, E, [C,] k (no T for RT_INT8_D). */
+static int router_fused_bind(mctx *m, int L, uint32_t T, uint32_t E, uint32_t k)
+{
+    const char *fam = m->mv->v.binding;
+    const tr_buf *x = IN(m, "x"), *wr = IN(m, "wr"), *sc = IN(m, "wscale"), *cand = IN(m, "candidates");
+    int i8 = !strncmp(fam, "RT_INT8", 7), sp = !strcmp(fam, "RT_SPARSE"), o = i8 || sp;
+    if (!x || !wr || (i8 && !sc) || (sp && !cand))
+        return failf(m, "router inputs x, wr%s missing", i8 ? ", wscale" : sp ? ", candidates" : "");
+    uint32_t H = (uint32_t)x->shape[1], C = cand ? (uint32_t)cand->shape[1] : 0;
+    int ok = in_copy(m, L, 0, "x", x) && in_router_w(m, L, wr, !strcmp(fam, "RT_FUSED") || sp) &&
+             (!i8 || in_copy(m, L, 2, "scale", sc)) && (!sp || in_copy(m, L, 2, "candidates", cand)) &&
+             add_buf(m, L, 2 + o, "ids", MB_OUT, TR_DT_U32, (size_t)T * k * 4, NULL) &&
+             add_buf(m, L, 3 + o, "weights", MB_OUT, TR_DT_F16, (size_t)T * k * 2, NULL);
+    if (!ok)
+        return m->err->code;
+    if (!strcmp(fam, "RT_INT8_D"))
+        return scalars(m, L, 5, 3, (double)H, (double)E, (double)k);
+    if (sp)
+        return scalars(m, L, 5, 5, (double)T, (double)H, (double)E, (double)C, (double)k);
+    return scalars(m, L, 4 + o, 4, (double)T, (double)H, (double)E, (double)k);
+}
+
+static int router_prepare(mctx *m)
+{
+    uint32_t T = P(m, "T", 1), E = P(m, "E", 1), k = P(m, "k", 1);
+    int L = new_launch(m), rc;
+    if (L < 0)
+        return m->err->code;
+    if (!strcmp(m->mv->v.binding, "RT_F16")) {   /* 0 logits f16, 1 ids, 2 w f16, 3 TopKParams {T, E, k} */
+        uint32_t prm[3] = {T, E, k};
+        rc = in_f16(m, L, 0, "logits", IN(m, "logits")) &&
+                     add_buf(m, L, 1, "ids", MB_OUT, TR_DT_U32, (size_t)T * k * 4, NULL) &&
+                     add_buf(m, L, 2, "weights", MB_OUT, TR_DT_F16, (size_t)T * k * 2, NULL)
+                 ? tr_mtl_set_bytes(m->L[L].args, 3, prm, sizeof prm, m->err)
+                 : m->err->code;
+    } else
+        rc = router_fused_bind(m, L, T, E, k);
+    if (rc != TR_OK)
+        return rc;
+    if (!strcmp(m->mv->v.launch, "ROUTER1"))
+        geom(m, L, 1, 1, 1, 128, 1, 1);
+    else
+        geom(m, L, T, 1, 1, 128, 1, 1);
+    m->finish = named_finish;
+    return TR_OK;
+}
+
+/* ---- grouping (§4.10): 256-thread threadgroups; N = T·k -------------------------------------------------------- */
+
+/* Launches of the element-wise and grouping kernels: N256 one thread per element (⌈n/256⌉ groups), ONE256 one group,
+ * E256 one thread per expert. */
+static void grp_geom(mctx *m, int L, uint32_t n, uint32_t E)
+{
+    const char *l = m->mv->v.launch;
+    uint32_t groups = !strcmp(l, "ONE256") ? 1 : !strcmp(l, "E256") ? CEIL(E, 256) : CEIL(n, 256);
+    geom(m, L, groups, 1, 1, 256, 1, 1);
+}
+
+static int group_prepare(mctx *m)
+{
+    const char *fam = m->mv->v.binding;
+    uint32_t T = P(m, "T", 1), k = P(m, "k", 1), E = P(m, "E", 1), N = T * k;
+    const tr_buf *ids = IN(m, "ids"), *probs = IN(m, "probs"), *off = IN(m, "offsets"), *counts = IN(m, "counts");
+    int L = new_launch(m), ok;
+    if (L < 0)
+        return m->err->code;
+    if (!strcmp(fam, "GRP_COUNT"))
+        ok = in_copy(m, L, 0, "expert_ids", ids) && add_buf(m, L, 1, "counts", MB_ACC, TR_DT_U32, (size_t)E * 4, NULL) &&
+             scalars(m, L, 2, 2, (double)N, (double)E) == TR_OK;
+    else if (!strcmp(fam, "GRP_OFFSETS"))
+        ok = in_copy(m, L, 0, "counts_in", counts) &&
+             add_buf(m, L, 1, "offsets", MB_OUT, TR_DT_U32, ((size_t)E + 1) * 4, NULL) && scalar(m, L, 2, E) == TR_OK;
+    else if (!strcmp(fam, "GRP_VALIDATE"))
+        ok = add_buf(m, L, 0, "ids_out", MB_INOUT, TR_DT_I32, ids->bytes, ids->data) &&
+             scalars(m, L, 1, 3, (double)N, (double)E, 0.0) == TR_OK;
+    else {   /* GRP_SCATTER (flat view: 6 N, 7 E) and GRP_SCATTER_T (token view: 6 T, 7 k, 8 E) */
+        int tok = !strcmp(fam, "GRP_SCATTER_T");
+        ok = in_copy(m, L, 0, "expert_ids", ids) && in_copy(m, L, 1, "probs", probs) &&
+             in_copy(m, L, 2, "offsets_in", off) &&
+             add_buf(m, L, 3, "sorted_token_ids", MB_OUT, TR_DT_U32, (size_t)N * 4, NULL) &&
+             add_buf(m, L, 4, "sorted_probs", MB_OUT, TR_DT_F32, (size_t)N * 4, NULL) &&
+             add_buf(m, L, 5, "inverse", MB_OUT, TR_DT_U32, (size_t)N * 4, NULL) &&
+             (tok ? scalars(m, L, 6, 3, (double)T, (double)k, (double)E) : scalars(m, L, 6, 2, (double)N, (double)E)) ==
+                 TR_OK;
+    }
+    if (!ok)
+        return m->err->code;
+    grp_geom(m, L, N, E);
+    m->finish = named_finish;
+    return TR_OK;
+}
+
+/* ---- gather, combine, cast (§4.11) ------------------------------------------------------------------------------- */
+
+/* GATHER: groups (⌈H/256⌉, rows), TG 256, thread (h, r) copies element h of row r. */
+static int gather_prepare(mctx *m)
+{
+    const tr_buf *x = IN(m, "x"), *tok = IN(m, "tokens");
+    uint32_t H = (uint32_t)x->shape[1], N = (uint32_t)tok->shape[0], k = P(m, "k", 1);
+    int L = new_launch(m), one = !strcmp(m->mv->v.binding, "GATHER1"), ok;
+    if (L < 0)
+        return m->err->code;
+    if (one)   /* T = 1: 0 x [H], 1 out [k][H], 2 H, 3 k */
+        ok = in_copy(m, L, 0, "x", x) && add_buf(m, L, 1, "rows", MB_OUT, TR_DT_F16, (size_t)k * H * 2, NULL) &&
+             scalars(m, L, 2, 2, (double)H, (double)k) == TR_OK;
+    else
+        ok = in_copy(m, L, 0, "x", x) && in_copy(m, L, 1, "tokens", tok) &&
+             add_buf(m, L, 2, "rows", MB_OUT, TR_DT_F16, (size_t)N * H * 2, NULL) &&
+             scalars(m, L, 3, 2, (double)N, (double)H) == TR_OK;
+    if (!ok)
+        return m->err->code;
+    geom(m, L, CEIL(H, 256), one ? k : N, 1, 256, 1, 1);
+    m->finish = named_finish;
+    return TR_OK;
+}
+
+/* An optional [T][H] addend, or one zero element when absent (has_* = 0: never read). */
+static mbuf *in_optional(mctx *m, int L, int index, const char *name, const tr_buf *b, tr_dtype dt)
+{
+    static const uint8_t zero[4];
+    return b ? in_copy(m, L, index, name, b) : add_buf(m, L, index, name, MB_IN, dt, tr_dtype_size(dt), zero);
+}
+
+/* COMBINE: 0 y, 1 w, 2 shared, 3 residual, 4 out (the case's dtype: f32, or f16 for acc f16), 5 T, 6 k, 7 H,
+ * 8 has_shared, 9 has_residual; groups (⌈H/256⌉, T), TG 256. */
+static int combine_prepare(mctx *m)
+{
+    const tr_buf *y = IN(m, "y"), *w = IN(m, "w"), *sh = IN(m, "shared"), *re = IN(m, "residual");
+    tr_buf *o = OUT(m, "out");
+    uint32_t T = (uint32_t)y->shape[0], k = (uint32_t)y->shape[1], H = (uint32_t)y->shape[2];
+    int L = new_launch(m);
+    if (L < 0)
+        return m->err->code;
+    if (!in_copy(m, L, 0, "y", y) || !in_copy(m, L, 1, "w", w) || !in_optional(m, L, 2, "shared", sh, y->dtype) ||
+        !in_optional(m, L, 3, "residual", re, y->dtype) ||
+        !add_buf(m, L, 4, "out", MB_OUT, o->dtype, o->bytes, NULL) ||
+        scalars(m, L, 5, 5, (double)T, (double)k, (double)H, sh ? 1.0 : 0.0, re ? 1.0 : 0.0) != TR_OK)
+        return m->err->code;
+    geom(m, L, CEIL(H, 256), T, 1, 256, 1, 1);
+    m->finish = named_finish;
+    return TR_OK;
+}
+
+/* CAST: 0 in f32 [n], 1 out f16 [n], 2 n; N256. */
+static int cast_prepare(mctx *m)
+{
+    const tr_buf *x = IN(m, "x");
+    uint32_t n = (uint32_t)tr_buf_numel(x);
+    int L = new_launch(m);
+    if (L < 0)
+        return m->err->code;
+    if (!in_copy(m, L, 0, "x", x) || !add_buf(m, L, 1, "out", MB_OUT, TR_DT_F16, (size_t)n * 2, NULL) ||
+        scalar(m, L, 2, n) != TR_OK)
+        return m->err->code;
+    grp_geom(m, L, n, 0);
+    m->finish = named_finish;
+    return TR_OK;
+}
+
 /* ---- the families ----------------------------------------------------------------------------------------------- */
 
 #define B(i, dt, w) {TR_MTL_BUFFER, i, dt, w}
@@ -892,6 +1131,9 @@ static int moe_prepare(mctx *m)
 #define U32 TR_DT_U32
 #define F16 TR_DT_F16
 #define F32 TR_DT_F32
+#define I8 TR_DT_I8
+#define I32 TR_DT_I32
+#define RT_OUT(i) B(i, U32, 1), B((i) + 1, F16, 1)
 #define MOE_W                                                                                                          \
     B(0, F16, 0), B(1, U8, 0), B(2, F16, 0), B(3, U8, 0), B(4, F16, 0), B(5, U8, 0), B(6, F16, 0), B(7, F16, 0),     \
         B(8, F16, 0), B(9, F16, 0), B(10, F16, 0), B(11, F16, 0), B(12, F16, 0), B(13, F16, 0)
@@ -946,6 +1188,41 @@ static const mfamily families[] = {
      {MOE_W, B(14, U32, 0), B(15, U32, 0), B(16, F16, 0), B(17, F32, 1), S(18)}, 19, moe_prepare},
     {"MOE_MIXED", "MOE18 + 21 expert_bits u8 [E], 22 weight_offsets u32 [E]",
      {MOE_W, B(14, U32, 0), B(15, F16, 0), B(16, F32, 1), S(17), B(21, U8, 0), B(22, U32, 0)}, 20, moe_prepare},
+    {"RT_FUSED", "0 x f16 [T][H], 1 Wr f16 [H][E], 2 ids u32 [T][k], 3 w f16 [T][k], 4 T, 5 H, 6 E, 7 k",
+     {B(0, F16, 0), B(1, F16, 0), RT_OUT(2), S(4), S(5), S(6), S(7)}, 8, router_prepare},
+    {"RT_FUSED_C", "0 x f16 [T][H], 1 Wr f16 [E][H], 2 ids u32 [T][k], 3 w f16 [T][k], 4 T, 5 H, 6 E, 7 k",
+     {B(0, F16, 0), B(1, F16, 0), RT_OUT(2), S(4), S(5), S(6), S(7)}, 8, router_prepare},
+    {"RT_INT8", "0 x f16, 1 Wr i8 [E][H], 2 scale f32 [E], 3 ids u32, 4 w f16, 5 T, 6 H, 7 E, 8 k",
+     {B(0, F16, 0), B(1, I8, 0), B(2, F32, 0), RT_OUT(3), S(5), S(6), S(7), S(8)}, 9, router_prepare},
+    {"RT_INT8_D", "0 x f16, 1 Wr i8 [E][H], 2 scale f32 [E], 3 ids u32, 4 w f16, 5 H, 6 E, 7 k (T = 1)",
+     {B(0, F16, 0), B(1, I8, 0), B(2, F32, 0), RT_OUT(3), S(5), S(6), S(7)}, 8, router_prepare},
+    {"RT_SPARSE", "0 x f16, 1 Wr f16 [H][E], 2 candidates u32 [T][C], 3 ids u32, 4 w f16, 5 T, 6 H, 7 E, 8 C, 9 k",
+     {B(0, F16, 0), B(1, F16, 0), B(2, U32, 0), RT_OUT(3), S(5), S(6), S(7), S(8), S(9)}, 10, router_prepare},
+    {"RT_F16", "0 logits f16 [T][E], 1 ids u32 [T][k], 2 w f16 [T][k], 3 params {T, E, k} (3 x u32)",
+     {B(0, F16, 0), RT_OUT(1), S(3)}, 4, router_prepare},
+    {"GRP_COUNT", "0 expert_ids u32 [N], 1 counts u32 [E] (zero-filled), 2 N, 3 E",
+     {B(0, U32, 0), B(1, U32, 1), S(2), S(3)}, 4, group_prepare},
+    {"GRP_OFFSETS", "0 counts u32 [E], 1 offsets u32 [E+1], 2 E", {B(0, U32, 0), B(1, U32, 1), S(2)}, 3,
+     group_prepare},
+    {"GRP_SCATTER", "0 expert_ids u32 [N], 1 probs f32 [N], 2 offsets u32 [E+1], 3 sorted_token_ids u32 [N] (flat "
+                    "index), 4 sorted_probs f32 [N], 5 inverse u32 [N], 6 N, 7 E",
+     {B(0, U32, 0), B(1, F32, 0), B(2, U32, 0), B(3, U32, 1), B(4, F32, 1), B(5, U32, 1), S(6), S(7)}, 8,
+     group_prepare},
+    {"GRP_SCATTER_T", "0 expert_ids u32 [N], 1 probs f32 [N], 2 offsets u32 [E+1], 3 sorted tokens u32 [N] (f/k), "
+                      "4 sorted_probs f32 [N], 5 inverse u32 [N], 6 T, 7 k, 8 E",
+     {B(0, U32, 0), B(1, F32, 0), B(2, U32, 0), B(3, U32, 1), B(4, F32, 1), B(5, U32, 1), S(6), S(7), S(8)}, 9,
+     group_prepare},
+    {"GRP_VALIDATE", "0 ids i32 [N] in/out, 1 N, 2 E, 3 replacement i32", {B(0, I32, 1), S(1), S(2), S(3)}, 4,
+     group_prepare},
+    {"GATHER", "0 x f16 [T][H], 1 token view u32 [N], 2 out f16 [N][H], 3 N, 4 H",
+     {B(0, F16, 0), B(1, U32, 0), B(2, F16, 1), S(3), S(4)}, 5, gather_prepare},
+    {"GATHER1", "0 x f16 [H], 1 out f16 [k][H], 2 H, 3 k (T = 1)", {B(0, F16, 0), B(1, F16, 1), S(2), S(3)}, 4,
+     gather_prepare},
+    {"COMBINE", "0 y [T][k][H], 1 w [T][k], 2 shared [T][H], 3 residual [T][H], 4 out [T][H] (f32 for acc f32, f16 "
+                "for acc f16), 5 T, 6 k, 7 H, 8 has_shared, 9 has_residual",
+     {B(0, -1, 0), B(1, -1, 0), B(2, -1, 0), B(3, -1, 0), B(4, -1, 1), S(5), S(6), S(7), S(8), S(9)}, 10,
+     combine_prepare},
+    {"CAST", "0 in f32 [n], 1 out f16 [n], 2 n", {B(0, F32, 0), B(1, F16, 1), S(2)}, 3, cast_prepare},
 };
 
 const mfamily *mfamily_find(const char *id)
@@ -960,7 +1237,8 @@ int mlaunch_known(const char *id)
 {
     static const char *const ids[] = {"TG16", "TG16V4", "TG16A4", "TILE64", "TILE256", "BULK", "ROW32", "HCOLS",
                                       "G128", "G32D", "QKV", "FE", "MOE", "MOE_LB", "MOE_DEC", "MOE_P4",
-                                      "MOE_GROUPED", "MOE_MIXED"};
+                                      "MOE_GROUPED", "MOE_MIXED", "ROUTER", "ROUTER1", "N256", "ONE256", "E256",
+                                      "GATHER", "COMBINE"};
     for (size_t i = 0; id && i < sizeof ids / sizeof ids[0]; i++)
         if (!strcmp(ids[i], id))
             return 1;

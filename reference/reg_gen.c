@@ -202,13 +202,15 @@ int reg_make_qweight(const tr_case *c, tr_bufs *in, const char *prefix, const re
     tr_rng r;
     reg_stream(c, name[0], &r);
     unsigned L = 1u << s->bits;
+    int pat = !strcmp(s->pattern, "zero") ? 0 : !strcmp(s->pattern, "max") ? 1
+              : !strcmp(s->pattern, "alternating") ? 2 : 3;   /* decided once: this loop runs O·I times */
     for (size_t k = 0; k < (size_t)s->O * s->I; k++) {
         unsigned v;
-        if (!strcmp(s->pattern, "zero"))
+        if (pat == 0)
             v = 0;
-        else if (!strcmp(s->pattern, "max"))
+        else if (pat == 1)
             v = L - 1;
-        else if (!strcmp(s->pattern, "alternating"))
+        else if (pat == 2)
             v = k % 2 ? L - 1 : 0;
         else
             v = (unsigned)tr_rng_int(&r, 0, L - 1);

@@ -72,6 +72,46 @@ static int add_out(tr_bufs *out, const char *name, tr_dtype dt, uint64_t n, cons
 
 static const tr_variant group_variants[] = {REG_VARIANTS_REF_CPU(TR_CLASS_EXACT)};
 
+/* Declared domains of the grouping kernels (KERNELS.md §4.10): valid ids only (the error paths are the reference's),
+ * E <= 256 where the table says so. */
+static int grp_valid_ids(const tr_case *c, char *why, size_t cap)
+{
+    if (tr_params_is(&c->params, "routing", "invalid"))
+        return reg_dom_why(why, cap, "valid ids (routing=invalid is a ref/cpu error path)");
+    return 1;
+}
+
+static int grp_e256(const tr_case *c, char *why, size_t cap)
+{
+    if (tr_params_int(&c->params, "E", 1) > 256)
+        return reg_dom_why(why, cap, "E<=256");
+    return grp_valid_ids(c, why, cap);
+}
+
+#define GRP(sym, binding, launch, dom, text) REG_METAL(sym, sym, 0, TR_CLASS_EXACT, "", binding, launch, dom, text, 0, 0)
+static const tr_variant count_variants[] = {
+    REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
+    GRP("moe_count_tokens_per_expert", "GRP_COUNT", "N256", grp_e256, "E<=256; counts zero-filled"),
+    GRP("moe_count_experts_atomic", "GRP_COUNT", "N256", grp_e256, "E<=256; counts zero-filled"),
+    GRP("moe_compute_expert_counts", "GRP_COUNT", "N256", grp_valid_ids, "any E; counts zero-filled"),
+};
+static const tr_variant offsets_variants[] = {
+    REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
+    GRP("moe_compute_offsets", "GRP_OFFSETS", "ONE256", NULL, ""),
+    GRP("moe_compute_expert_offsets", "GRP_OFFSETS", "ONE256", grp_e256, "one TG of 256, E<=256"),
+    GRP("moe_compute_expert_offsets_sequential", "GRP_OFFSETS", "ONE256", NULL, ""),
+    GRP("moe_prefix_sum_offsets", "GRP_OFFSETS", "ONE256", NULL, ""),
+};
+static const tr_variant scatter_variants[] = {
+    REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
+    GRP("moe_scatter_tokens_to_experts", "GRP_SCATTER_T", "E256", grp_e256, "token view; E<=256"),
+    GRP("moe_scatter_indices", "GRP_SCATTER", "E256", grp_e256, "flat view; E<=256"),
+};
+static const tr_variant validate_variants[] = {
+    REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
+    GRP("expert_indices_validate", "GRP_VALIDATE", "N256", NULL, "in place, replacement 0"),
+};
+
 /* moe_count */
 static int count_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
 {
@@ -87,8 +127,8 @@ static int count_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_buf
 }
 
 const tr_opdef reg_op_moe_count = {
-    "moe_count", group_axes, NV(group_axes), TR_CLASS_EXACT, group_variants, NV(group_variants), NULL, 0, NULL, 0,
-    group_valid, count_make, count_run, NULL,
+    "moe_count", group_axes, NV(group_axes), TR_CLASS_EXACT, count_variants, NV(count_variants), NULL, 0, NULL, 0,
+    group_valid, count_make, count_run, NULL, NULL, 0,
 };
 
 /* moe_offsets: counts of a routing in, offsets [E+1] out */
@@ -115,8 +155,8 @@ static int offsets_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_b
 }
 
 const tr_opdef reg_op_moe_offsets = {
-    "moe_offsets", group_axes_valid, NV(group_axes_valid), TR_CLASS_EXACT, group_variants, NV(group_variants), NULL,
-    0, NULL, 0, group_valid, offsets_make, offsets_run, NULL,
+    "moe_offsets", group_axes_valid, NV(group_axes_valid), TR_CLASS_EXACT, offsets_variants, NV(offsets_variants), NULL,
+    0, NULL, 0, group_valid, offsets_make, offsets_run, NULL, NULL, 0,
 };
 
 /* moe_scatter: ids, probs and the offsets of the ids in; the stable counting sort out */
@@ -144,17 +184,23 @@ static int scatter_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *e
     return rc;
 }
 
+/* Variants that output the token (f/k) instead of the flat index are compared on that view (KERNELS.md §4.10). */
 static int scatter_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bufs *out, tr_error *err)
 {
     (void)be;
-    return tr_ref_moe_scatter(cdata(in, "ids"), cdata(in, "probs"), pint(c, "T", 1), pint(c, "k", 1),
-                              pint(c, "E", 1), cdata(in, "offsets"), odata(out, "sorted_token_ids"),
-                              odata(out, "sorted_probs"), odata(out, "inverse"), err);
+    uint32_t k = pint(c, "k", 1), N = pint(c, "T", 1) * k, *sorted = odata(out, "sorted_token_ids");
+    int rc = tr_ref_moe_scatter(cdata(in, "ids"), cdata(in, "probs"), pint(c, "T", 1), k, pint(c, "E", 1),
+                                cdata(in, "offsets"), sorted, odata(out, "sorted_probs"), odata(out, "inverse"), err);
+    if (rc == TR_OK && c->variant->binding && !strcmp(c->variant->binding, "GRP_SCATTER_T"))
+        for (uint32_t r = 0; r < N; r++)
+            sorted[r] /= k;
+    return rc;
 }
 
 const tr_opdef reg_op_moe_scatter = {
-    "moe_scatter", group_axes, NV(group_axes), TR_CLASS_EXACT, group_variants, NV(group_variants), NULL, 0, NULL, 0,
-    group_valid, scatter_make, scatter_run, NULL,
+    "moe_scatter", group_axes, NV(group_axes), TR_CLASS_EXACT, scatter_variants, NV(scatter_variants), NULL, 0, NULL,
+    0,
+    group_valid, scatter_make, scatter_run, NULL, NULL, 0,
 };
 
 /* moe_group: the composition (MOE.md §3) */
@@ -183,7 +229,7 @@ static int mgroup_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bu
 
 const tr_opdef reg_op_moe_group = {
     "moe_group", group_axes, NV(group_axes), TR_CLASS_EXACT, group_variants, NV(group_variants), NULL, 0, NULL, 0,
-    group_valid, mgroup_make, mgroup_run, NULL,
+    group_valid, mgroup_make, mgroup_run, NULL, NULL, 0,
 };
 
 /* validate_expert_ids: replacement 0 */
@@ -202,8 +248,9 @@ static int validate_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_
 }
 
 const tr_opdef reg_op_validate_expert_ids = {
-    "validate_expert_ids", group_axes, NV(group_axes), TR_CLASS_EXACT, group_variants, NV(group_variants), NULL, 0,
-    NULL, 0, group_valid, validate_make, validate_run, NULL,
+    "validate_expert_ids", group_axes, NV(group_axes), TR_CLASS_EXACT, validate_variants, NV(validate_variants), NULL,
+    0,
+    NULL, 0, group_valid, validate_make, validate_run, NULL, NULL, 0,
 };
 
 /* ---- moe_gather ------------------------------------------------------------------------------------------------- */
@@ -214,9 +261,24 @@ static const char *const ck_v[] = {"k=1", "k=2", "k=3", "k=4", "k=5", "k=6", "k=
 static const tr_axis gather_axes[] = {
     {"T", ct_v, NV(ct_v), 0, 0}, {"TOP_K", ck_v, NV(ck_v), 0, 0}, {"H", gh_v, NV(gh_v), 0, 0},
 };
+static int gather_t1(const tr_case *c, char *why, size_t cap)
+{
+    if (tr_params_int(&c->params, "T", 1) != 1)
+        return reg_dom_why(why, cap, "T=1 (the row repeated k times)");
+    return 1;
+}
+
 static const tr_variant gather_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
-    REG_METAL("moe_gather_for_experts", "moe_gather_for_experts", 0, TR_CLASS_EXACT, "", NULL, NULL, NULL, "", 0, 0),
+    REG_METAL("moe_gather_for_experts", "moe_gather_for_experts", 0, TR_CLASS_EXACT, "", "GATHER", "GATHER", NULL, "",
+              0, 0),
+    REG_METAL("moe_gather_for_experts_vec4", "moe_gather_for_experts_vec4", 0, TR_CLASS_EXACT, "", "GATHER", "GATHER",
+              NULL, "", 0, 0),
+    REG_METAL("moe_gather_vec8", "moe_gather_vec8", 0, TR_CLASS_EXACT, "", "GATHER", "GATHER", NULL, "", 0, 0),
+    REG_METAL("moe_gather_vec8_prefetch", "moe_gather_vec8_prefetch", 0, TR_CLASS_EXACT, "", "GATHER", "GATHER", NULL,
+              "", 0, 0),
+    REG_METAL("moe_gather_single_token_simd", "moe_gather_single_token_simd", 0, TR_CLASS_EXACT, "", "GATHER1",
+              "GATHER", gather_t1, "T=1", 0, 0),
 };
 
 /* x f16 [T][H]; tokens = the token view of a uniform routing over 8 experts (k <= 8). */
@@ -262,7 +324,7 @@ static int gather_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bu
 
 const tr_opdef reg_op_moe_gather = {
     "moe_gather", gather_axes, NV(gather_axes), TR_CLASS_EXACT, gather_variants, NV(gather_variants), NULL, 0, NULL,
-    0, NULL, gather_make, gather_run, NULL,
+    0, NULL, gather_make, gather_run, NULL, NULL, 0,
 };
 
 /* ---- moe_combine --------------------------------------------------------------------------------------------------- */
@@ -276,8 +338,10 @@ static const tr_axis combine_axes[] = {
 };
 static const tr_variant combine_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    REG_METAL("moe_combine_weighted", "moe_combine_weighted", 1, TR_CLASS_TOLERANT, "H16", NULL, NULL, NULL, "", 0, 0),
-    REG_METAL("moe_combine_fp32_acc", "moe_combine_fp32_acc", 0, TR_CLASS_TOLERANT, "", NULL, NULL, NULL, "", 0, 0),
+    REG_METAL("moe_combine_weighted", "moe_combine_weighted", 1, TR_CLASS_TOLERANT, "H16", "COMBINE", "COMBINE",
+              reg_dom_acc, "acc=f16", 0, 0),
+    REG_METAL("moe_combine_fp32_acc", "moe_combine_fp32_acc", 0, TR_CLASS_TOLERANT, "", "COMBINE", "COMBINE",
+              reg_dom_acc, "acc=f32", 0, 0),
 };
 
 static int combine_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
@@ -375,7 +439,7 @@ static int combine_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *can
 
 const tr_opdef reg_op_moe_combine = {
     "moe_combine", combine_axes, NV(combine_axes), TR_CLASS_ORDERED, combine_variants, NV(combine_variants), NULL, 0,
-    NULL, 0, NULL, combine_make, combine_run, combine_bound,
+    NULL, 0, NULL, combine_make, combine_run, combine_bound, NULL, 0,
 };
 
 /* ---- cast_f16 ----------------------------------------------------------------------------------------------------- */
@@ -384,7 +448,10 @@ static const char *const cn_v[] = {"n=1", "n=7", "n=64", "n=1000"};
 static const tr_axis cast_axes[] = {{"n", cn_v, NV(cn_v), 0, 0}, REG_VALUES_INIT};
 static const tr_variant cast_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_EXACT),
-    REG_METAL("moe_finalize_output", "moe_finalize_output", 0, TR_CLASS_EXACT, "", NULL, NULL, NULL, "", 0, 0),
+    REG_METAL("expert_scatter_add_finalize", "expert_scatter_add_finalize", 0, TR_CLASS_EXACT, "", "CAST", "N256",
+              NULL, "", 0, 0),
+    REG_METAL("moe_combine_finalize", "moe_combine_finalize", 0, TR_CLASS_EXACT, "", "CAST", "N256", NULL, "", 0, 0),
+    REG_METAL("moe_finalize_output", "moe_finalize_output", 0, TR_CLASS_EXACT, "", "CAST", "N256", NULL, "", 0, 0),
 };
 
 static int cast_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
@@ -411,7 +478,7 @@ static int cast_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bufs
 
 const tr_opdef reg_op_cast_f16 = {
     "cast_f16", cast_axes, NV(cast_axes), TR_CLASS_EXACT, cast_variants, NV(cast_variants), NULL, 0, NULL, 0, NULL,
-    cast_make, cast_run, NULL,
+    cast_make, cast_run, NULL, NULL, 0,
 };
 
 /* ---- codebook_decode, bitshift_states -------------------------------------------------------------------------- */
@@ -445,6 +512,7 @@ static int cb_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bufs *
 
 const tr_opdef reg_op_codebook_decode = {
     "codebook_decode", cb_axes, 1, TR_CLASS_EXACT, refcpu_exact, 2, NULL, 0, NULL, 0, NULL, cb_make, cb_run, NULL,
+    NULL, 0,
 };
 
 static const char *const bsb_v[] = {"b=1", "b=2", "b=3", "b=4", "b=5", "b=6", "b=7", "b=8"};
@@ -480,6 +548,7 @@ static int bs_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bufs *
 
 const tr_opdef reg_op_bitshift_states = {
     "bitshift_states", bs_axes, 2, TR_CLASS_EXACT, refcpu_exact, 2, NULL, 0, NULL, 0, NULL, bs_make, bs_run, NULL,
+    NULL, 0,
 };
 
 /* ---- nan_scan ------------------------------------------------------------------------------------------------------ */
@@ -517,5 +586,5 @@ static int ns_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bufs *
 }
 
 const tr_opdef reg_op_nan_scan = {
-    "nan_scan", ns_axes, 3, TR_CLASS_EXACT, refcpu_exact, 2, NULL, 0, NULL, 0, NULL, ns_make, ns_run, NULL,
+    "nan_scan", ns_axes, 3, TR_CLASS_EXACT, refcpu_exact, 2, NULL, 0, NULL, 0, NULL, ns_make, ns_run, NULL, NULL, 0,
 };

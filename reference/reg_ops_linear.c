@@ -128,9 +128,16 @@ static int dequant_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_b
     return tr_be_dequant(be, &w, (uint16_t *)(void *)tr_bufs_get(out, "w16")->data, err);
 }
 
+/* metal-emu --quick: the GLM-4.7-Flash expert shapes and (64, 2048); the (10240, 2048) pair is 21 M threads per
+ * launch (seconds per schedule under the emulator, for no path the smaller shapes miss): --full runs it. */
+static const char *const dequant_metal_quick_always[] = {
+    "b=4;O=1536;I=2048;" DQ_DEFAULTS, "b=4;O=2048;I=1536;" DQ_DEFAULTS, "b=4;O=64;I=2048;" DQ_DEFAULTS,
+};
+
 const tr_opdef reg_op_dequant_grid = {
     "dequant_grid", dequant_axes, NV(dequant_axes), TR_CLASS_EXACT, dequant_variants, NV(dequant_variants),
     dequant_always, NV(dequant_always), NULL, 0, gs_valid, dequant_make, dequant_run, NULL,
+    dequant_metal_quick_always, NV(dequant_metal_quick_always),
 };
 
 /* ---- sign_flip --------------------------------------------------------------------------------------------------- */
@@ -187,7 +194,7 @@ static int sign_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bufs
 
 const tr_opdef reg_op_sign_flip = {
     "sign_flip", sign_axes, NV(sign_axes), TR_CLASS_EXACT, sign_variants, NV(sign_variants), NULL, 0, NULL, 0, NULL,
-    sign_make, sign_run, NULL,
+    sign_make, sign_run, NULL, NULL, 0,
 };
 
 /* ---- hadamard ----------------------------------------------------------------------------------------------------- */
@@ -293,6 +300,31 @@ static void hadamard_args(const tr_case *c, const tr_bufs *in, tr_hadamard_args 
     a->postscale = post ? post->data : NULL;
 }
 
+/* Range contract of f16 transforms (KERNELS.md §6.5): every butterfly intermediate of a block is bounded by the
+ * block's Σ|x_j|; scale x by a power of two until the largest such sum is within 2^14 ("mixed" draws f16 values up
+ * to 2^15, whose partial sums overflow where the exact result does not). */
+static void hadamard_fit_f16(const tr_hadamard_args *a, tr_buf *x)
+{
+    unsigned sizes[2];
+    int nb = tr_hadamard_blocks(a->n, sizes);
+    size_t vectors = a->cols ? (size_t)(a->K / a->n) * a->N : a->R, stride = a->cols ? a->N : 1;
+    double worst = 0.0;
+    for (size_t vi = 0; vi < vectors; vi++) {
+        size_t base = a->cols ? (vi / a->N) * a->n * a->N + vi % a->N : vi * a->n, at = 0;
+        for (int b = 0; b < nb; at += sizes[b], b++) {
+            double sum = 0.0;
+            for (unsigned j = 0; j < sizes[b]; j++) {
+                double v = reg_get(x, base + (at + j) * stride);
+                sum += isfinite(v) ? fabs(v) : 0.0;
+            }
+            worst = sum > worst ? sum : worst;
+        }
+    }
+    int e = reg_fit_exponent(worst, LIMIT_F16);
+    if (e < 0)
+        reg_scale_pow2(x, e);
+}
+
 static int hadamard_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
 {
     tr_hadamard_args a;
@@ -307,6 +339,8 @@ static int hadamard_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *
         return tr_fail(err, TR_E_INVALID_PARAM, c->id, "unknown value distribution");
     if (a.f16 && !strcmp(values, "large"))   /* |x| <= 2^15/n keeps the f16 butterfly finite */
         reg_scale_pow2(x, -(int)ceil(log2((double)a.n)) - 1);
+    if (a.f16)
+        hadamard_fit_f16(&a, x);
     if (tr_params_is(&c->params, "scale", "pre")) {
         tr_buf *s = tr_bufs_add(in, "prescale", TR_ROLE_INPUT, dt, 2, shape);
         if (!s)
@@ -379,7 +413,7 @@ static int hadamard_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *ca
 
 const tr_opdef reg_op_hadamard = {
     "hadamard", hadamard_axes, NV(hadamard_axes), TR_CLASS_ORDERED, hadamard_variants, NV(hadamard_variants), NULL,
-    0, NULL, 0, hadamard_valid, hadamard_make, hadamard_run, hadamard_bound,
+    0, NULL, 0, hadamard_valid, hadamard_make, hadamard_run, hadamard_bound, NULL, 0,
 };
 
 /* ---- gemm_trellis ----------------------------------------------------------------------------------------------- */
@@ -622,7 +656,7 @@ static int gemm_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *canon,
 
 const tr_opdef reg_op_gemm_trellis = {
     "gemm_trellis", gemm_axes, NV(gemm_axes), TR_CLASS_ORDERED, gemm_variants, NV(gemm_variants), gemm_always,
-    NV(gemm_always), NULL, 0, gemm_valid, gemm_make, gemm_run, gemm_bound,
+    NV(gemm_always), NULL, 0, gemm_valid, gemm_make, gemm_run, gemm_bound, NULL, 0,
 };
 
 /* ---- gemm_trellis_swiglu -------------------------------------------------------------------------------------------- */
@@ -765,7 +799,7 @@ static int swiglu_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *cano
 
 const tr_opdef reg_op_gemm_trellis_swiglu = {
     "gemm_trellis_swiglu", swiglu_axes, NV(swiglu_axes), TR_CLASS_ORDERED, swiglu_variants, NV(swiglu_variants),
-    NULL, 0, NULL, 0, NULL, swiglu_make, swiglu_run, swiglu_bound,
+    NULL, 0, NULL, 0, NULL, swiglu_make, swiglu_run, swiglu_bound, NULL, 0,
 };
 
 /* ---- gemm_trellis_qkv ------------------------------------------------------------------------------------------------ */
@@ -835,5 +869,5 @@ static int qkv_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *canon, 
 
 const tr_opdef reg_op_gemm_trellis_qkv = {
     "gemm_trellis_qkv", qkv_axes, NV(qkv_axes), TR_CLASS_ORDERED, qkv_variants, NV(qkv_variants), NULL, 0, NULL, 0,
-    NULL, qkv_make, qkv_run, qkv_bound,
+    NULL, qkv_make, qkv_run, qkv_bound, NULL, 0,
 };

@@ -342,6 +342,7 @@ static int expert_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *cano
 const tr_opdef reg_op_expert_ffn = {
     "expert_ffn", expert_axes, NV(expert_axes), TR_CLASS_ORDERED, expert_variants, NV(expert_variants),
     expert_always, NV(expert_always), expert_always, 4, tuple_shape_valid, expert_make, expert_run, expert_bound,
+    NULL, 0,
 };
 
 /* ---- moe_swiglu -------------------------------------------------------------------------------------------------- */
@@ -408,6 +409,8 @@ static const tr_variant moe_variants[] = {
     MOE_METAL("fp32acc", "moe_trellis_swiglu_fp32acc", 0, "MOE18", "MOE", ""),
     MOE_METAL("large_batch", "moe_trellis_swiglu_large_batch", 0, "MOE18", "MOE_LB", ""),
     MOE_METAL("simd", "moe_trellis_swiglu_simd", 1, "MOE18", "MOE", ""),
+    MOE_METAL("fast_2bit", "moe_trellis_fast_2bit_swiglu", 1, "MOE18", "MOE", "as base (registered name, probed)"),
+    MOE_METAL("mixed_bpw", "moe_trellis_mixed_bpw_swiglu", 1, "MOE18", "MOE", "as base (registered name, probed)"),
     MOE_METAL("decode", "moe_trellis_swiglu_decode", 0, "MOE18", "MOE_DEC", "batch=1"),
     MOE_METAL("decode_6_2_3", "moe_trellis_swiglu_decode_6_2_3", 0, "MOE18", "MOE_DEC", "batch=1;tuple=6-2-3"),
     MOE_METAL("decode_6_3_4", "moe_trellis_swiglu_decode_6_3_4", 0, "MOE18", "MOE_DEC", "batch=1;tuple=6-3-4"),
@@ -605,7 +608,7 @@ static int moe_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *canon, 
 
 const tr_opdef reg_op_moe_swiglu = {
     "moe_swiglu", moe_axes, NV(moe_axes), TR_CLASS_ORDERED, moe_variants, NV(moe_variants), moe_always,
-    NV(moe_always), moe_always, 7, moe_valid, moe_make, moe_run, moe_bound,
+    NV(moe_always), moe_always, 7, moe_valid, moe_make, moe_run, moe_bound, NULL, 0,
 };
 
 /* ---- router_logits --------------------------------------------------------------------------------------------- */
@@ -702,7 +705,7 @@ static int logits_bound(const tr_case *c, const tr_bufs *in, const tr_bufs *cano
 
 const tr_opdef reg_op_router_logits = {
     "router_logits", logits_axes, NV(logits_axes), TR_CLASS_ORDERED, logits_variants, NV(logits_variants),
-    logits_always, NV(logits_always), NULL, 0, NULL, logits_make, logits_run, logits_bound,
+    logits_always, NV(logits_always), NULL, 0, NULL, logits_make, logits_run, logits_bound, NULL, 0,
 };
 
 /* ---- router_topk ----------------------------------------------------------------------------------------------- */
@@ -724,10 +727,61 @@ static const char *const topk_always[] = {
     "T=1;E=64;k=4;mode=noaux_tc;norm=1;n_group=1;topk_group=1;scaling=1.8;bias=normal;logits=normal",
     "T=1;E=128;k=8;mode=softmax_topk;norm=0;n_group=1;topk_group=1;scaling=1;bias=zero;logits=normal",
 };
+/* Our router kernels and the metal_marlin symbols of KERNELS.md §4.9 (docs/decisions.md, metal-emu bindings).  The
+ * fused forms take x f16 [T][H] and Wr (f16, or i8 with a per-expert f32 scale) instead of logits: the generator
+ * makes them and computes the logits input with router_logits (L16), so ref and kernel see the same logits.  All
+ * store the weights as f16 (RNh of the op's f32 weights; softmax_topk_f16 weights are f16 values already). */
+static int rt_is(const tr_case *c, const char *binding)
+{
+    return c->variant->binding && !strcmp(c->variant->binding, binding);
+}
+
+static int rt_fused(const tr_case *c)
+{
+    return c->variant->binding && !strncmp(c->variant->binding, "RT_", 3) && !rt_is(c, "RT_F16");
+}
+
+static int rt_int8(const tr_case *c) { return rt_is(c, "RT_INT8") || rt_is(c, "RT_INT8_D"); }
+
+/* Candidates per token of the sparse routers: C = min(32, max(k, ceil(E/2))). */
+static uint32_t rt_candidates(uint32_t E, uint32_t k)
+{
+    uint32_t C = (E + 1) / 2 > k ? (E + 1) / 2 : k;
+    return C < 32 ? C : 32;
+}
+
+static int rt_domain(const tr_case *c, char *why, size_t cap)
+{
+    const tr_params *p = &c->params;
+    const char *sym = c->variant->symbol;
+    int f16 = rt_is(c, "RT_F16");
+    int64_t T = tr_params_int(p, "T", 1), E = tr_params_int(p, "E", 1), k = tr_params_int(p, "k", 1);
+    if (!tr_params_is(p, "mode", f16 ? "softmax_topk_f16" : "softmax_topk") || !tr_params_is(p, "norm", "1"))
+        return reg_dom_why(why, cap, "mode=%s;norm=1", f16 ? "softmax_topk_f16" : "softmax_topk");
+    if (E > (f16 ? 128 : 256) || k > (f16 ? 8 : 16))
+        return reg_dom_why(why, cap, "E<=%d;k<=%d", f16 ? 128 : 256, f16 ? 8 : 16);
+    if ((strstr(sym, "decode") || strstr(sym, "8_128e")) && T != 1)
+        return reg_dom_why(why, cap, "T=1");
+    if (strstr(sym, "8_128e") && (E != 128 || k != 8))
+        return reg_dom_why(why, cap, "E=128;k=8");
+    return 1;
+}
+
+#define RT(sym, f16, binding, launch, text)                                                                           \
+    REG_METAL(sym, sym, f16, TR_CLASS_TOLERANT, "H16", binding, launch, rt_domain, text, 0, 0)
 static const tr_variant topk_variants[] = {
     REG_VARIANTS_REF_CPU(TR_CLASS_ORDERED),
-    REG_METAL("softmax_topk_decode", "softmax_topk_decode", 1, TR_CLASS_TOLERANT, "H16", NULL, NULL, NULL,
-              "softmax_topk_f16, E<=128, k<=8", 0, 0),
+    RT("moe_router_fused", 0, "RT_FUSED", "ROUTER", "softmax_topk, norm, Wr f16 [H][E], E<=256, k<=16"),
+    RT("moe_router_fused_small", 0, "RT_FUSED", "ROUTER", "softmax_topk, norm, Wr f16 [H][E], E<=256, k<=16"),
+    RT("moe_router_fused_coalesced", 0, "RT_FUSED_C", "ROUTER", "softmax_topk, norm, Wr f16 [E][H], E<=256, k<=16"),
+    RT("moe_router_int8_fused", 0, "RT_INT8", "ROUTER", "softmax_topk, norm, Wr i8 + scale, E<=256, k<=16"),
+    RT("moe_router_int8_fused_small", 0, "RT_INT8", "ROUTER", "softmax_topk, norm, Wr i8 + scale, E<=256, k<=16"),
+    RT("moe_router_int8_fused_decode", 0, "RT_INT8_D", "ROUTER1", "softmax_topk, norm, Wr i8 + scale, T=1"),
+    RT("moe_router_sparse", 0, "RT_SPARSE", "ROUTER", "softmax_topk over C<=32 candidates, norm"),
+    RT("moe_router_sparse_vec4", 0, "RT_SPARSE", "ROUTER", "softmax_topk over C<=32 candidates, norm"),
+    RT("softmax_topk_decode", 1, "RT_F16", "ROUTER1", "softmax_topk_f16, norm, E<=128, k<=8, T=1"),
+    RT("softmax_topk_prefill", 1, "RT_F16", "ROUTER", "softmax_topk_f16, norm, E<=128, k<=8"),
+    RT("softmax_topk8_128e", 1, "RT_F16", "ROUTER1", "softmax_topk_f16, norm, E=128, k=8, T=1"),
 };
 
 static int topk_valid(const tr_params *p)
@@ -756,27 +810,127 @@ static void topk_cfg(const tr_case *c, tr_router_cfg *cfg)
     cfg->routed_scaling_factor = (float)tr_params_real(&c->params, "scaling", 1.0);
 }
 
-static int topk_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
+#define RT_FUSED_H 40   /* hidden size of the fused routers' x and Wr: two full L16 rounds and a tail */
+
+/* Rows of Wr made equal: logits=all_equal (every row = row 0: all logits of a token tie), quantized (odd rows =
+ * the even row before: ties in pairs). */
+static void rt_tie_rows(const tr_case *c, tr_buf *w, uint64_t E, uint64_t H)
 {
-    uint64_t T = pint(c, "T", 1), E = pint(c, "E", 1), k = pint(c, "k", 1);
-    uint64_t ls[2] = {T, E}, es[1] = {E}, ks[2] = {T, k};
-    tr_buf *l = tr_bufs_add(in, "logits", TR_ROLE_INPUT, TR_DT_F32, 2, ls);
-    tr_buf *b = l ? tr_bufs_add(in, "bias", TR_ROLE_INPUT, TR_DT_F32, 1, es) : NULL;
-    if (!b || !tr_bufs_add(out, "ids", TR_ROLE_OUTPUT, TR_DT_I32, 2, ks) ||
-        !tr_bufs_add(out, "weights", TR_ROLE_OUTPUT, TR_DT_F32, 2, ks) ||
-        !tr_bufs_add(out, "load", TR_ROLE_OUTPUT, TR_DT_F32, 1, es) ||
-        !tr_bufs_add(out, "count", TR_ROLE_OUTPUT, TR_DT_I32, 1, es))
+    int all = tr_params_is(&c->params, "logits", "all_equal");
+    if (!all && !tr_params_is(&c->params, "logits", "quantized"))
+        return;
+    size_t row = (size_t)H * tr_dtype_size(w->dtype);
+    for (uint64_t e = 1; e < E; e++)
+        if (all || e % 2)
+            memcpy(w->data + e * row, w->data + (all ? 0 : e - 1) * row, row);
+}
+
+/* Candidate lists [T][C]: C distinct experts per token (partial Fisher–Yates on the "candidates" stream). */
+static int rt_make_candidates(const tr_case *c, tr_bufs *in, uint64_t T, uint64_t E, uint64_t k, tr_error *err)
+{
+    uint64_t C = rt_candidates((uint32_t)E, (uint32_t)k), cs[2] = {T, C};
+    tr_buf *b = tr_bufs_add(in, "candidates", TR_ROLE_INPUT, TR_DT_I32, 2, cs);
+    int32_t *perm = tr_malloc((size_t)E * sizeof *perm);
+    if (!b || !perm) {
+        tr_dealloc(perm);
         return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
+    }
+    tr_rng r;
+    reg_stream(c, "candidates", &r);
+    for (uint64_t t = 0; t < T; t++) {
+        for (uint64_t e = 0; e < E; e++)
+            perm[e] = (int32_t)e;
+        for (uint64_t j = 0; j < C; j++) {
+            uint64_t q = j + (uint64_t)tr_rng_int(&r, 0, (int64_t)(E - j - 1));
+            int32_t tmp = perm[j];
+            perm[j] = perm[q];
+            perm[q] = tmp;
+            ((int32_t *)(void *)b->data)[t * C + j] = perm[j];
+        }
+    }
+    tr_dealloc(perm);
+    return TR_OK;
+}
+
+/* Fused routers: x f16 [T][H], Wr f16 [E][H] (or i8 + wscale f32 [E]), candidates for the sparse ones; the logits
+ * input is router_logits of them (L16, the order the kernels follow). */
+static int rt_make_fused(const tr_case *c, tr_bufs *in, tr_buf *l, tr_error *err)
+{
+    uint64_t T = pint(c, "T", 1), E = pint(c, "E", 1), H = RT_FUSED_H, xs[2] = {T, H}, ws[2] = {E, H}, es[1] = {E};
+    int i8 = rt_int8(c);
+    tr_buf *x = tr_bufs_add(in, "x", TR_ROLE_INPUT, TR_DT_F16, 2, xs);
+    tr_buf *w = x ? tr_bufs_add(in, "wr", TR_ROLE_INPUT, i8 ? TR_DT_I8 : TR_DT_F16, 2, ws) : NULL;
+    tr_buf *s = w && i8 ? tr_bufs_add(in, "wscale", TR_ROLE_INPUT, TR_DT_F32, 1, es) : w;
+    if (!s)
+        return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
+    reg_fill(c, x, tr_params_is(&c->params, "logits", "nan_inf") ? "nan_inf" : "normal", 1.0);
+    tr_rng r;
+    if (i8) {
+        reg_stream(c, "wr", &r);
+        for (uint64_t i = 0; i < E * H; i++)
+            w->data[i] = (uint8_t)(int8_t)tr_rng_int(&r, -127, 127);
+        reg_stream(c, "wscale", &r);
+        for (uint64_t e = 0; e < E; e++)
+            reg_set(s, e, ldexp(1.0 + tr_rng_u01(&r), -8));
+    } else
+        reg_fill(c, w, "normal", 0.1);
+    rt_tie_rows(c, w, E, H);
+    float *xf = widen(x), *wf = widen(w);
+    if (xf && wf)
+        tr_ref_router_logits(xf, wf, i8 ? (const float *)(const void *)s->data : NULL, (uint32_t)T, (uint32_t)H,
+                             (uint32_t)E, (float *)(void *)l->data);
+    tr_dealloc(xf);
+    tr_dealloc(wf);
+    if (!xf || !wf)
+        return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
+    return rt_is(c, "RT_SPARSE") ? rt_make_candidates(c, in, T, E, pint(c, "k", 1), err) : TR_OK;
+}
+
+static void rt_make_logits(const tr_case *c, tr_buf *l, uint64_t n)
+{
     const char *lg = pstr(c, "logits", "normal");
     if (!strcmp(lg, "all_equal"))
-        for (uint64_t i = 0; i < T * E; i++)
+        for (uint64_t i = 0; i < n; i++)
             reg_set(l, i, 0.5);
     else {
         reg_fill(c, l, !strcmp(lg, "nan_inf") ? "nan_inf" : "normal", 1.0);
         if (!strcmp(lg, "quantized"))   /* multiples of 2^-4: exact ties */
-            for (uint64_t i = 0; i < T * E; i++)
+            for (uint64_t i = 0; i < n; i++)
                 reg_set(l, i, round(reg_get(l, i) * 16.0) / 16.0);
     }
+}
+
+/* Outputs: ids, weights (f16 for the Metal routers, which store f16 weights), and the aux load and count of ref and
+ * cpu (the kernels have none). */
+static int topk_outputs(const tr_case *c, tr_bufs *out, uint64_t T, uint64_t E, uint64_t k, tr_error *err)
+{
+    uint64_t es[1] = {E}, ks[2] = {T, k};
+    int metal = c->variant->binding && !strncmp(c->variant->binding, "RT_", 3);
+    if (!tr_bufs_add(out, "ids", TR_ROLE_OUTPUT, TR_DT_I32, 2, ks) ||
+        !tr_bufs_add(out, "weights", TR_ROLE_OUTPUT, metal ? TR_DT_F16 : TR_DT_F32, 2, ks) ||
+        (!metal && (!tr_bufs_add(out, "load", TR_ROLE_OUTPUT, TR_DT_F32, 1, es) ||
+                    !tr_bufs_add(out, "count", TR_ROLE_OUTPUT, TR_DT_I32, 1, es))))
+        return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
+    return TR_OK;
+}
+
+static int topk_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
+{
+    uint64_t T = pint(c, "T", 1), E = pint(c, "E", 1), k = pint(c, "k", 1);
+    uint64_t ls[2] = {T, E}, es[1] = {E};
+    tr_buf *l = tr_bufs_add(in, "logits", TR_ROLE_INPUT, TR_DT_F32, 2, ls);
+    tr_buf *b = l ? tr_bufs_add(in, "bias", TR_ROLE_INPUT, TR_DT_F32, 1, es) : NULL;
+    if (!b)
+        return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
+    int rc = topk_outputs(c, out, T, E, k, err);
+    if (rc != TR_OK)
+        return rc;
+    if (rt_fused(c)) {
+        rc = rt_make_fused(c, in, l, err);
+        if (rc != TR_OK)
+            return rc;
+    } else
+        rt_make_logits(c, l, T * E);
     const char *bias = pstr(c, "bias", "zero");
     if (!strcmp(bias, "normal"))
         reg_fill(c, b, "normal", 0.1);
@@ -789,20 +943,36 @@ static int topk_make(const tr_case *c, tr_bufs *in, tr_bufs *out, tr_error *err)
     return TR_OK;
 }
 
+static void *opt_data(const tr_bufs *b, const char *name)
+{
+    tr_buf *x = tr_bufs_get(b, name);
+    return x ? x->data : NULL;
+}
+
 static int topk_run(const tr_case *c, tr_backend *be, const tr_bufs *in, tr_bufs *out, tr_error *err)
 {
     tr_router_cfg cfg;
     topk_cfg(c, &cfg);
-    const tr_buf *l = tr_bufs_get(in, "logits"), *b = tr_bufs_get(in, "bias");
-    return tr_be_router_topk(be, &cfg, (const float *)(const void *)l->data, (uint32_t)l->shape[0],
-                             (const float *)(const void *)b->data, NULL, 0,
-                             (int32_t *)(void *)tr_bufs_get(out, "ids")->data,
-                             (float *)(void *)tr_bufs_get(out, "weights")->data,
-                             (float *)(void *)tr_bufs_get(out, "load")->data,
-                             (int32_t *)(void *)tr_bufs_get(out, "count")->data, err);
+    const tr_buf *l = tr_bufs_get(in, "logits"), *b = tr_bufs_get(in, "bias"), *cand = tr_bufs_get(in, "candidates");
+    tr_buf *w = tr_bufs_get(out, "weights");
+    uint64_t n = tr_buf_numel(w);
+    float *wf = w->dtype == TR_DT_F32 ? (float *)(void *)w->data : tr_malloc((size_t)n * sizeof *wf + 4);
+    if (!wf)
+        return tr_fail(err, TR_E_NOMEM, c->id, "out of memory");
+    int rc = tr_be_router_topk(be, &cfg, (const float *)(const void *)l->data, (uint32_t)l->shape[0],
+                               (const float *)(const void *)b->data,
+                               cand ? (const int32_t *)(const void *)cand->data : NULL,
+                               cand ? (uint32_t)cand->shape[1] : 0, (int32_t *)(void *)tr_bufs_get(out, "ids")->data,
+                               wf, opt_data(out, "load"), opt_data(out, "count"), err);
+    if (w->dtype == TR_DT_F16) {   /* the f16 weights the Metal routers store: RNh of the f32 weights */
+        for (uint64_t i = 0; rc == TR_OK && i < n; i++)
+            ((uint16_t *)(void *)w->data)[i] = tr_f32_to_f16(wf[i]);
+        tr_dealloc(wf);
+    }
+    return rc;
 }
 
 const tr_opdef reg_op_router_topk = {
     "router_topk", topk_axes, NV(topk_axes), TR_CLASS_ORDERED, topk_variants, NV(topk_variants), topk_always,
-    NV(topk_always), NULL, 0, topk_valid, topk_make, topk_run, NULL,
+    NV(topk_always), NULL, 0, topk_valid, topk_make, topk_run, NULL, NULL, 0,
 };

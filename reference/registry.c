@@ -252,14 +252,31 @@ static void point_text(const tr_opdef *op, const int *idx, char *buf, size_t cap
     }
 }
 
-static int point_valid(const tr_opdef *op, const int *idx)
+/* What point generation consults: the op's constraints and, for a variant-aware tier (the metal-emu runner), the
+ * variant's declared domain as a further predicate.  With a predicate every search is bounded (GEN_BUDGET point
+ * evaluations): a value the domain excludes would otherwise make it walk the whole product of the other axes. */
+
+#define GEN_P0_BUDGET 200000
+#define GEN_BUDGET 3000
+
+typedef struct gen {
+    const tr_opdef *op;
+    tr_tier tier;
+    tr_point_pred pred;
+    void *ctx;
+    long budget;               /* evaluations left in the current search; < 0 unlimited */
+} gen;
+
+static int point_valid(gen *g, const int *idx)
 {
-    if (!op->valid)
+    if (!g->op->valid && !g->pred)
         return 1;
     char text[TR_CASE_ID_MAX];
-    point_text(op, idx, text, sizeof text);
+    point_text(g->op, idx, text, sizeof text);
     tr_params p;
-    return tr_params_parse(&p, text) == 0 && op->valid(&p);
+    if (tr_params_parse(&p, text) != 0 || (g->op->valid && !g->op->valid(&p)))
+        return 0;
+    return !g->pred || g->pred(g->ctx, &p);
 }
 
 static int axis_count(const tr_opdef *op, tr_tier tier, int a)
@@ -269,28 +286,34 @@ static int axis_count(const tr_opdef *op, tr_tier tier, int a)
 }
 
 /* Can the partial point (idx[a] < 0 = unset) be completed to a valid point?  Depth-first over unset axes in order;
- * on success idx holds the first completion found. */
-static int complete(const tr_opdef *op, tr_tier tier, int *idx, int from)
+ * on success idx holds the first completion found.  An exhausted budget counts as "no". */
+static int complete(gen *g, int *idx, int from)
 {
     int a = from;
-    while (a < op->naxes && idx[a] >= 0)
+    while (a < g->op->naxes && idx[a] >= 0)
         a++;
-    if (a == op->naxes)
-        return point_valid(op, idx);
-    for (int v = 0; v < axis_count(op, tier, a); v++) {
+    if (a == g->op->naxes) {
+        if (g->budget == 0)
+            return 0;
+        if (g->budget > 0)
+            g->budget--;
+        return point_valid(g, idx);
+    }
+    for (int v = 0; v < axis_count(g->op, g->tier, a) && g->budget != 0; v++) {
         idx[a] = v;
-        if (complete(op, tier, idx, a + 1))
+        if (complete(g, idx, a + 1))
             return 1;
     }
     idx[a] = -1;
     return 0;
 }
 
-static int completable(const tr_opdef *op, tr_tier tier, const int *partial)
+static int completable(gen *g, const int *partial)
 {
     int tmp[TR_MAX_AXES];
     memcpy(tmp, partial, sizeof tmp);
-    return complete(op, tier, tmp, 0);
+    g->budget = g->pred ? 20 * GEN_BUDGET : -1;
+    return complete(g, tmp, 0);
 }
 
 typedef struct point_list {
@@ -318,15 +341,16 @@ static int list_add(point_list *l, const int *idx)
 }
 
 /* --quick: every axis value once, the other axes at their defaults (or the first values that can complete it). */
-static int quick_points(const tr_opdef *op, point_list *l)
+static int quick_points_op(gen *g, point_list *l)
 {
+    const tr_opdef *op = g->op;
     for (int a = 0; a < op->naxes; a++)
         for (int v = 0; v < axis_count(op, TR_TIER_QUICK, a); v++) {
             int idx[TR_MAX_AXES];
             for (int b = 0; b < op->naxes; b++)
                 idx[b] = op->axes[b].dflt;
             idx[a] = v;
-            if (!point_valid(op, idx)) {
+            if (!point_valid(g, idx)) {
                 for (int b = 0; b < op->naxes; b++)
                     idx[b] = b == a ? v : -1;
                 for (int b = 0; b < op->naxes; b++) {
@@ -335,12 +359,12 @@ static int quick_points(const tr_opdef *op, point_list *l)
                     int chosen = 0;
                     for (int w = 0; w < axis_count(op, TR_TIER_QUICK, b) && !chosen; w++) {
                         idx[b] = w;
-                        chosen = completable(op, TR_TIER_QUICK, idx);
+                        chosen = completable(g, idx);
                     }
                     if (!chosen)
                         break;
                 }
-                if (!point_valid(op, idx))
+                if (!point_valid(g, idx))
                     continue;   /* value v of axis a can never be used */
             }
             if (list_add(l, idx) != TR_OK)
@@ -348,6 +372,82 @@ static int quick_points(const tr_opdef *op, point_list *l)
         }
     return TR_OK;
 }
+
+/* Points near a base point: the free axes (idx < 0) start at base; try every point that moves d of them off base,
+ * d = 0, 1, 2, … (axes and values in listed order) until one is valid or the budget is spent.  1 with idx the point
+ * found. */
+static int near_rec(gen *g, int *idx, const int *base, const int *free_ax, int nfree, int start, int left)
+{
+    if (left == 0) {
+        if (g->budget == 0)
+            return 0;
+        g->budget--;
+        return point_valid(g, idx);
+    }
+    for (int i = start; i <= nfree - left && g->budget != 0; i++) {
+        int a = free_ax[i];
+        for (int v = 0; v < axis_count(g->op, g->tier, a) && g->budget != 0; v++) {
+            if (v == base[a])
+                continue;
+            idx[a] = v;
+            if (near_rec(g, idx, base, free_ax, nfree, i + 1, left - 1))
+                return 1;
+        }
+        idx[a] = base[a];
+    }
+    return 0;
+}
+
+static int near_search(gen *g, int *idx, const int *base, long budget)
+{
+    int free_ax[TR_MAX_AXES], nfree = 0;
+    for (int a = 0; a < g->op->naxes; a++)
+        if (idx[a] < 0) {
+            free_ax[nfree++] = a;
+            idx[a] = base[a];
+        }
+    g->budget = budget;
+    for (int d = 0; d <= nfree && g->budget != 0; d++)
+        if (near_rec(g, idx, base, free_ax, nfree, 0, d))
+            return 1;
+    return 0;
+}
+
+/* --quick under a further predicate (a variant's declared domain): P0 = the valid point nearest to the defaults
+ * (fewest axes moved); then each axis value v of axis a once: the defaults with a = v when valid, else P0 with
+ * a = v, else the valid point nearest to P0 that keeps a = v.  A value without such a point is never usable. */
+static int quick_points_pred(gen *g, point_list *l)
+{
+    const tr_opdef *op = g->op;
+    int dflt[TR_MAX_AXES], p0[TR_MAX_AXES];
+    for (int b = 0; b < op->naxes; b++) {
+        dflt[b] = op->axes[b].dflt;
+        p0[b] = -1;
+    }
+    if (!near_search(g, p0, dflt, GEN_P0_BUDGET))
+        return TR_OK;
+    for (int a = 0; a < op->naxes; a++)
+        for (int v = 0; v < axis_count(op, TR_TIER_QUICK, a); v++) {
+            int idx[TR_MAX_AXES];
+            memcpy(idx, dflt, sizeof idx);
+            idx[a] = v;
+            if (!point_valid(g, idx)) {
+                memcpy(idx, p0, sizeof idx);
+                idx[a] = v;
+            }
+            if (!point_valid(g, idx)) {
+                for (int b = 0; b < op->naxes; b++)
+                    idx[b] = b == a ? v : -1;
+                if (!near_search(g, idx, p0, GEN_BUDGET))
+                    continue;   /* value v of axis a is (as far as the search saw) never usable */
+            }
+            if (list_add(l, idx) != TR_OK)
+                return TR_E_NOMEM;
+        }
+    return TR_OK;
+}
+
+static int quick_points(gen *g, point_list *l) { return g->pred ? quick_points_pred(g, l) : quick_points_op(g, l); }
 
 /* A pair (axis a value va, axis b value vb), a < b. */
 typedef struct vpair {
@@ -358,13 +458,14 @@ typedef struct vpair {
 static int pair_in(const vpair *p, const int *idx) { return idx[p->a] == p->va && idx[p->b] == p->vb; }
 
 /* --full: the greedy all-pairs construction of KERNELS.md §5. */
-static int full_points(const tr_opdef *op, point_list *l)
+static int full_points(gen *g, point_list *l)
 {
+    const tr_opdef *op = g->op;
     int na = op->naxes;
     if (na == 1) {
         for (int v = 0; v < op->axes[0].nvalues; v++) {
             int idx[1] = {v};
-            if (point_valid(op, idx) && list_add(l, idx) != TR_OK)
+            if (point_valid(g, idx) && list_add(l, idx) != TR_OK)
                 return TR_E_NOMEM;
         }
         return TR_OK;
@@ -380,7 +481,7 @@ static int full_points(const tr_opdef *op, point_list *l)
                         idx[k] = -1;
                     idx[a] = va;
                     idx[b] = vb;
-                    if (!completable(op, TR_TIER_FULL, idx))
+                    if (!completable(g, idx))
                         continue;
                     if (np == cap) {
                         cap = cap ? 2 * cap : 256;
@@ -410,7 +511,7 @@ static int full_points(const tr_opdef *op, point_list *l)
             size_t best_cover = 0;
             for (int v = 0; v < op->axes[c].nvalues; v++) {
                 idx[c] = v;
-                if (!completable(op, TR_TIER_FULL, idx))
+                if (!completable(g, idx))
                     continue;
                 size_t cover = 0;   /* live pairs covered by the values fixed so far */
                 for (size_t p = 0; p < np; p++)
@@ -444,17 +545,21 @@ static int cmp_points(const void *x, const void *y, void *ctx)
     return 0;
 }
 
-int tr_point_iter_init(tr_point_iter *it, const tr_opdef *op, tr_tier tier, tr_error *err)
+int tr_point_iter_init_pred(tr_point_iter *it, const tr_opdef *op, tr_tier tier, tr_point_pred pred, void *ctx,
+                            tr_error *err)
 {
     memset(it, 0, sizeof *it);
     it->op = op;
     it->tier = tier;
+    it->pred = pred;
+    it->ctx = ctx;
     if (tier == TR_TIER_EXHAUSTIVE) {
         it->odo_done = op->naxes == 0;
         return TR_OK;
     }
     point_list l = {NULL, 0, 0, op->naxes};
-    int rc = tier == TR_TIER_QUICK ? quick_points(op, &l) : full_points(op, &l);
+    gen g = {op, tier, pred, ctx, -1};
+    int rc = tier == TR_TIER_QUICK ? quick_points(&g, &l) : full_points(&g, &l);
     if (rc != TR_OK) {
         tr_dealloc(l.v);
         return tr_fail(err, rc, op->name, "cannot enumerate the %s tier", tr_tier_name(tier));
@@ -464,6 +569,11 @@ int tr_point_iter_init(tr_point_iter *it, const tr_opdef *op, tr_tier tier, tr_e
     it->list = l.v;
     it->nlist = l.n;
     return TR_OK;
+}
+
+int tr_point_iter_init(tr_point_iter *it, const tr_opdef *op, tr_tier tier, tr_error *err)
+{
+    return tr_point_iter_init_pred(it, op, tier, NULL, NULL, err);
 }
 
 /* Is text one of the tier-part points?  (Always points that repeat one are dropped, KERNELS.md §5.) */
@@ -505,6 +615,10 @@ static int next_always(tr_point_iter *it, char *buf, size_t cap)
         list = it->op->quick_always;
         n = it->op->nquick_always;
     }
+    if (it->always) {
+        list = it->always;
+        n = it->nalways;
+    }
     while (it->always_pos < n) {
         const char *t = list[it->always_pos++];
         int dup = tier_has(it, t);
@@ -518,6 +632,12 @@ static int next_always(tr_point_iter *it, char *buf, size_t cap)
     return 0;
 }
 
+void tr_point_iter_use_always(tr_point_iter *it, const char *const *list, int n)
+{
+    it->always = list;
+    it->nalways = n;
+}
+
 int tr_point_iter_next(tr_point_iter *it, char *buf, size_t cap)
 {
     const tr_opdef *op = it->op;
@@ -529,8 +649,9 @@ int tr_point_iter_next(tr_point_iter *it, char *buf, size_t cap)
         }
         return next_always(it, buf, cap);
     }
+    gen g = {op, it->tier, it->pred, it->ctx, -1};
     while (!it->odo_done) {
-        int valid = point_valid(op, it->odo);
+        int valid = point_valid(&g, it->odo);
         if (valid)
             point_text(op, it->odo, buf, cap);
         int a = op->naxes - 1;   /* advance the odometer, last axis fastest */

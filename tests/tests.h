@@ -37,7 +37,8 @@
     X(chat)          \
     X(report)        \
     X(metal_emu)     \
-    X(metal_conform)
+    X(metal_conform) \
+    X(metal_kernels)
 
 #define TR_DECLARE_SUITE_(name) Suite *suite_##name(void);
 TR_SUITES(TR_DECLARE_SUITE_)

@@ -147,6 +147,9 @@ struct tr_opdef {
     /* Optional: ref_hi, B, P for output k (arrays of numel doubles, allocated by the callee). */
     int (*bound)(const tr_case *c, const tr_bufs *in, const tr_bufs *canon, int k, double **hi, double **B,
                  double **P, tr_error *err);
+    /* The "always" points the metal-emu --quick tier runs (NULL: those of --quick); docs/decisions.md. */
+    const char *const *metal_quick_always;
+    int nmetal_quick_always;
 };
 
 struct tr_case {
@@ -186,9 +189,23 @@ typedef struct tr_point_iter {
     int odo[TR_MAX_AXES];      /* exhaustive: mixed-radix counter */
     int odo_done;
     int always_pos;
+    int (*pred)(void *ctx, const tr_params *p);
+    void *ctx;
+    const char *const *always;     /* tr_point_iter_use_always: these always points instead of the op's */
+    int nalways;
 } tr_point_iter;
 
+/* A further constraint on a tier's points (1 inside), e.g. a variant's declared domain. */
+typedef int (*tr_point_pred)(void *ctx, const tr_params *p);
+
 int tr_point_iter_init(tr_point_iter *it, const tr_opdef *op, tr_tier tier, tr_error *err);
+/* The same with pred as one more constraint of the op (KERNELS.md §5 "the op's constraints"): the quick and full
+ * tiers are built from the points that satisfy it, the exhaustive product is filtered by it; the always points are
+ * kept as listed.  pred NULL: tr_point_iter_init. */
+int tr_point_iter_init_pred(tr_point_iter *it, const tr_opdef *op, tr_tier tier, tr_point_pred pred, void *ctx,
+                            tr_error *err);
+/* Iterate these always points (after the tier's points) instead of the op's list for the tier. */
+void tr_point_iter_use_always(tr_point_iter *it, const char *const *list, int n);
 /* Next point's text into buf; returns 1, or 0 at the end. */
 int tr_point_iter_next(tr_point_iter *it, char *buf, size_t cap);
 void tr_point_iter_free(tr_point_iter *it);
