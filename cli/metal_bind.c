@@ -24,6 +24,12 @@
  *   MOE_LB   groups (⌈H/128⌉, batch, top_k), TG 128        MOE_DEC groups (⌈H/64⌉, top_k), TG 128
  *   MOE_P4   groups (⌈H/64⌉, ⌈batch/4⌉, top_k), TG 128      MOE_GROUPED groups (⌈H/64⌉, num_experts), TG 128
  *   MOE_MIXED groups (⌈H/64⌉, batch, top_k), TG 256
+ *   ROUTER   groups (T), TG 128 (one per token)              ROUTER1 one group of 128 (T = 1)
+ *   N256     groups (⌈n/256⌉), TG 256 (one thread per element: N = T·k ids, n values)
+ *   ONE256   one group of 256                                E256    groups (⌈E/256⌉), TG 256 (one thread per expert)
+ *   GATHER   groups (⌈H/256⌉, rows), TG 256                  COMBINE groups (⌈H/256⌉, T), TG 256
+ * The families of the routers, grouping, gather, combine and cast ops follow KERNELS.md §4.9–§4.11 where it gives a
+ * binding and our kernels' own where it gives none (docs/decisions.md, metal-emu bindings).
  */
 #include "metal_bind.h"
 #include "trellis/alloc.h"
