@@ -8,9 +8,12 @@
  * per op, which must fail with TR_E_NOMEM (or the expected error) and never crash or leak.
  */
 #include "tests.h"
+#include "../reference/reg_internal.h"
 #include "trellis/alloc.h"
+#include "trellis/fp16.h"
 #include "trellis/registry.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,6 +278,266 @@ START_TEST(test_alloc_failures)
 }
 END_TEST
 
+/* ---- the comparison (KERNELS.md §2.2-§2.5) on hand-made outputs ------------------------------------------------- */
+
+/* A case of a TOLERANT (non-canonical) variant, for the comparison only. */
+static void tolerant_case(tr_case *c)
+{
+    const tr_opdef *op = tr_registry_find("gemm_trellis");
+    ck_assert_ptr_nonnull(op);
+    const tr_variant *v = NULL;
+    for (int i = 0; i < op->nvariants && !v; i++)
+        if (!op->variants[i].canonical)
+            v = &op->variants[i];
+    ck_assert_ptr_nonnull(v);
+    ck_assert_int_eq(tr_case_init(c, op, v, "M=1;O=1;I=1", 0, 1), TR_OK);
+    ck_assert_int_eq(tr_case_class(c), TR_CLASS_TOLERANT);
+}
+
+/* One output "y" of n elements of dtype dt in got and in e->canon (canon filled with zeros), with ref_hi/B/P. */
+typedef struct cmp_fix {
+    tr_bufs got;
+    tr_expect e;
+    double *hi, *B, *P;
+} cmp_fix;
+
+static void fix_init(cmp_fix *f, tr_dtype dt, uint64_t n)
+{
+    memset(f, 0, sizeof *f);
+    ck_assert_ptr_nonnull(tr_bufs_add(&f->got, "y", TR_ROLE_OUTPUT, dt, 1, &n));
+    ck_assert_ptr_nonnull(tr_bufs_add(&f->e.canon, "y", TR_ROLE_OUTPUT, dt, 1, &n));
+    f->e.hi = tr_calloc(1, sizeof *f->e.hi);
+    f->e.B = tr_calloc(1, sizeof *f->e.B);
+    f->e.P = tr_calloc(1, sizeof *f->e.P);
+    f->hi = f->e.hi[0] = tr_calloc(n, sizeof(double));
+    f->B = f->e.B[0] = tr_calloc(n, sizeof(double));
+    f->P = f->e.P[0] = tr_calloc(n, sizeof(double));
+}
+
+static void fix_free(cmp_fix *f)
+{
+    tr_bufs_free(&f->got);
+    tr_expect_free(&f->e);
+}
+
+static void set16(tr_buf *b, uint64_t i, uint16_t bits) { memcpy(b->data + 2 * i, &bits, 2); }
+
+/* got value g against ref_hi h with bound b (p = b): the verdict of one f16 element. */
+static tr_verdict tolerant_one(double g, double h, double b, double p, uint64_t *mismatches)
+{
+    tr_case c;
+    tolerant_case(&c);
+    cmp_fix f;
+    fix_init(&f, TR_DT_F16, 1);
+    set16(f.got.v[0], 0, tr_f64_to_f16(g));
+    set16(f.e.canon.v[0], 0, tr_f64_to_f16(h));
+    f.hi[0] = h;
+    f.B[0] = b;
+    f.P[0] = p;
+    tr_result r;
+    tr_compare(&c, &f.got, &f.e, &r);
+    *mismatches = r.mismatches;
+    fix_free(&f);
+    return r.status;
+}
+
+START_TEST(test_compare_tolerant_rules)
+{
+    uint64_t m;
+    ck_assert_int_eq(tolerant_one(1.0, 1.0, 0.01, 0.01, &m), TR_PASS);
+    ck_assert_int_eq(tolerant_one(NAN, NAN, 0.01, 0.01, &m), TR_PASS);
+    ck_assert_int_eq(tolerant_one(1.0, NAN, 0.01, 0.01, &m), TR_FAIL);          /* NaN expected, finite got */
+    ck_assert_int_eq(tolerant_one(INFINITY, INFINITY, 0, 0, &m), TR_PASS);
+    ck_assert_int_eq(tolerant_one(65504.0, INFINITY, 0, 0, &m), TR_FAIL);       /* an infinite ref_hi, matched? */
+    ck_assert_int_eq(tolerant_one(INFINITY, 65500.0, 30.0, 30.0, &m), TR_PASS); /* Inf near the threshold */
+    ck_assert_int_eq(tolerant_one(-INFINITY, 65500.0, 30.0, 30.0, &m), TR_FAIL); /* … of the wrong sign */
+    ck_assert_int_eq(tolerant_one(INFINITY, 1.0, 0.01, 0.01, &m), TR_FAIL);     /* Inf far from it */
+    ck_assert_int_eq(tolerant_one(65504.0, 70000.0, 1.0, 1.0, &m), TR_FAIL);    /* Inf expected, finite got */
+    ck_assert_int_eq(tolerant_one(1.0, 1.0, 0.0, 0.0, &m), TR_PASS);            /* no bound, no error */
+    ck_assert_int_eq(tolerant_one(1.0009765625, 1.0, 0.0, 0.0, &m), TR_FAIL);   /* no bound, an error */
+    ck_assert_uint_eq(m, 1);
+    ck_assert_int_eq(tolerant_one(1.0009765625, 1.0, 0.01, 1e-5, &m), TR_PRECISION_WARNING);
+    ck_assert_int_eq(tolerant_one(1.0009765625, 1.0, 0.01, 0.0, &m), TR_PRECISION_WARNING);
+
+    /* poison left in a TOLERANT output is unwritten; an accumulating output has no poison */
+    tr_case c;
+    tolerant_case(&c);
+    cmp_fix f;
+    fix_init(&f, TR_DT_F16, 4);
+    tr_poison_fill(f.got.v[0]);
+    for (int i = 0; i < 4; i++)
+        f.hi[i] = NAN;   /* the poison is a NaN: the special-value rule alone would accept it */
+    tr_result r;
+    tr_compare(&c, &f.got, &f.e, &r);
+    ck_assert_int_eq(r.status, TR_FAIL);
+    ck_assert_uint_eq(r.unwritten, 4);
+    ck_assert_msg(strstr(r.detail, "4 output elements unwritten"), "%s", r.detail);
+    f.got.v[0]->accumulating = 1;
+    tr_compare(&c, &f.got, &f.e, &r);
+    ck_assert_uint_eq(r.unwritten, 0);
+    ck_assert_int_eq(r.status, TR_PASS);
+    fix_free(&f);
+
+    /* BF16 and F32 outputs: thresholds 2^128·(1 - 2^-9) and 2^128·(1 - 2^-25) */
+    static const tr_dtype dts[2] = {TR_DT_BF16, TR_DT_F32};
+    for (int d = 0; d < 2; d++) {
+        fix_init(&f, dts[d], 3);
+        double big = ldexp(1.0, 127) * 1.9;
+        reg_set(f.got.v[0], 0, INFINITY);   /* near the threshold: allowed */
+        f.hi[0] = big;
+        f.B[0] = ldexp(1.0, 127);
+        reg_set(f.got.v[0], 1, 2.0);        /* exact */
+        f.hi[1] = 2.0;
+        f.B[1] = 1e-3;
+        f.P[1] = 1e-3;
+        reg_set(f.got.v[0], 2, -3.0);
+        f.hi[2] = -3.0;
+        f.B[2] = 1e-3;
+        tr_compare(&c, &f.got, &f.e, &r);
+        ck_assert_msg(r.status == TR_PASS, "%s: %s", tr_verdict_name(r.status), r.detail);
+        ck_assert(r.bound >= ldexp(1.0, 127));
+        reg_set(f.got.v[0], 0, -INFINITY);
+        tr_compare(&c, &f.got, &f.e, &r);
+        ck_assert_int_eq(r.status, TR_FAIL);
+        ck_assert_uint_eq(r.first.index, 0);
+        fix_free(&f);
+    }
+}
+END_TEST
+
+START_TEST(test_compare_bitwise_rules)
+{
+    const tr_opdef *op = tr_registry_find("moe_count");
+    ck_assert_ptr_nonnull(op);
+    tr_case c;
+    ck_assert_int_eq(tr_case_init(&c, op, tr_op_variant(op, "ref"), "T=1;k=1;E=1", 0, 1), TR_OK);
+    ck_assert_int_eq(tr_case_class(&c), TR_CLASS_EXACT);
+    cmp_fix f;
+    tr_result r;
+    /* BF16: two NaNs of other payloads are equal; one ulp off is a mismatch at its coordinates */
+    fix_init(&f, TR_DT_BF16, 3);
+    set16(f.got.v[0], 0, 0x7FC1);
+    set16(f.e.canon.v[0], 0, 0x7FC0);
+    set16(f.got.v[0], 1, 0x3F81);
+    set16(f.e.canon.v[0], 1, 0x3F80);
+    set16(f.got.v[0], 2, 0x4000);
+    set16(f.e.canon.v[0], 2, 0x4000);
+    tr_compare(&c, &f.got, &f.e, &r);
+    ck_assert_int_eq(r.status, TR_FAIL);
+    ck_assert_uint_eq(r.mismatches, 1);
+    ck_assert_int_eq(r.max_ulp, 1);
+    ck_assert_uint_eq(r.first.index, 1);
+    ck_assert_str_eq(r.first.got, "0x3f81");
+    ck_assert_str_eq(r.first.expected, "0x3f80");
+    ck_assert_msg(strstr(r.detail, "not bitwise equal"), "%s", r.detail);
+    fix_free(&f);
+    /* integers: a differing element and a poisoned (unwritten) one; nmse of zero expectations is infinite */
+    fix_init(&f, TR_DT_I32, 4);
+    tr_poison_fill(f.got.v[0]);
+    int32_t one = 1;
+    memcpy(f.got.v[0]->data, &one, 4);
+    memset(f.got.v[0]->data + 4, 0, 4);
+    tr_compare(&c, &f.got, &f.e, &r);
+    ck_assert_int_eq(r.status, TR_FAIL);
+    ck_assert_uint_eq(r.unwritten, 2);
+    ck_assert_uint_eq(r.mismatches, 3);
+    fix_free(&f);
+    fix_init(&f, TR_DT_F32, 2);
+    reg_set(f.got.v[0], 0, 1.0);
+    tr_compare(&c, &f.got, &f.e, &r);
+    ck_assert(isinf(r.nmse));
+    ck_assert_double_eq(r.max_abs, 1.0);
+    fix_free(&f);
+    /* an output missing, or of another dtype or size */
+    fix_init(&f, TR_DT_F32, 2);
+    snprintf(f.got.v[0]->name, sizeof f.got.v[0]->name, "z");
+    tr_compare(&c, &f.got, &f.e, &r);
+    ck_assert_int_eq(r.status, TR_FAIL);
+    ck_assert_msg(strstr(r.detail, "output y missing or of another dtype/shape"), "%s", r.detail);
+    snprintf(f.got.v[0]->name, sizeof f.got.v[0]->name, "y");
+    f.got.v[0]->dtype = TR_DT_I32;
+    tr_compare(&c, &f.got, &f.e, &r);
+    ck_assert_int_eq(r.status, TR_FAIL);
+    f.got.v[0]->dtype = TR_DT_F32;
+    f.got.v[0]->shape[0] = 1;
+    tr_compare(&c, &f.got, &f.e, &r);
+    ck_assert_int_eq(r.status, TR_FAIL);
+    fix_free(&f);
+}
+END_TEST
+
+/* ---- parameters, case ids and names ---------------------------------------------------------------------------- */
+
+START_TEST(test_params_and_case_ids)
+{
+    tr_params p;
+    char longtext[TR_CASE_ID_MAX + 8];
+    memset(longtext, 'a', sizeof longtext - 1);
+    longtext[sizeof longtext - 1] = '\0';
+    ck_assert_int_eq(tr_params_parse(&p, longtext), -1);
+    ck_assert_int_eq(tr_params_parse(&p, ""), 0);
+    ck_assert_int_eq(p.n, 0);
+    ck_assert_int_eq(tr_params_parse(&p, "a=1;b"), -1);
+    ck_assert_int_eq(tr_params_parse(&p, "=1"), -1);
+    char many[400] = "";
+    for (int i = 0; i < 49; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%sk%d=1", i ? ";" : "", i);
+    ck_assert_int_eq(tr_params_parse(&p, many), -1);
+    ck_assert_int_eq(tr_params_parse(&p, "x=0.25;n=-3"), 0);
+    ck_assert_double_eq(tr_params_real(&p, "x", 9.0), 0.25);
+    ck_assert_double_eq(tr_params_real(&p, "y", 9.0), 9.0);
+    ck_assert_int_eq(tr_params_int(&p, "n", 0), -3);
+    ck_assert(!tr_params_is(&p, "z", "1"));
+
+    ck_assert_str_eq(tr_class_name((tr_class)7), "?");
+    ck_assert_str_eq(tr_tier_name((tr_tier)7), "?");
+    ck_assert_str_eq(tr_verdict_name(TR_VERDICT_COUNT), "?");
+    tr_verdict v;
+    ck_assert_int_eq(tr_verdict_parse("PRECISION_WARNING", &v), 0);
+    ck_assert_int_eq(v, TR_PRECISION_WARNING);
+    ck_assert_int_eq(tr_verdict_parse("MAYBE", &v), -1);
+    ck_assert_ptr_null(tr_registry_op(tr_registry_count()));
+    ck_assert_ptr_null(tr_registry_find("no_such_op"));
+
+    const tr_opdef *op = tr_registry_op(0);
+    tr_case c;
+    ck_assert_int_eq(tr_case_init(&c, op, &op->variants[0], "a=1;;", 0, 1), TR_E_INVALID_PARAM);
+    char params[TR_CASE_ID_MAX - 4];
+    memset(params, 'x', sizeof params - 1);
+    params[0] = 'k';
+    params[1] = '=';
+    params[sizeof params - 1] = '\0';
+    ck_assert_int_eq(tr_case_init(&c, op, &op->variants[0], params, 0, 1), TR_E_INVALID_PARAM);   /* id too long */
+
+    static const struct {
+        const char *id, *needle;
+    } bad[] = {
+        {"gemm_trellis", "a case id reads <op>/<variant>/<params>/<rep>"},
+        {"gemm_trellis/ref", "a case id reads"},
+        {"gemm_trellis/ref/M=1", "a case id reads"},
+        {"nope/ref/M=1/0", "unknown op \"nope\""},
+        {"gemm_trellis/nope/M=1/0", "has no variant \"nope\""},
+        {"gemm_trellis/ref/M=1/", "repetition \"\" is not a non-negative integer"},
+        {"gemm_trellis/ref/M=1/x", "repetition \"x\""},
+        {"gemm_trellis/ref/M=1/-2", "repetition \"-2\""},
+        {"gemm_trellis/ref/M=1;oops/0", "malformed parameters \"M=1;oops\""},
+    };
+    tr_error err;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_eq(tr_case_from_id(&c, bad[i].id, 1, &err), TR_E_INVALID_PARAM);
+        ck_assert_msg(strstr(err.text, bad[i].needle), "%s: %s", bad[i].id, err.text);
+    }
+    char huge[TR_CASE_ID_MAX + 16];
+    memset(huge, '/', sizeof huge - 1);
+    huge[sizeof huge - 1] = '\0';
+    ck_assert_int_eq(tr_case_from_id(&c, huge, 1, &err), TR_E_INVALID_PARAM);
+    ck_assert_msg(strstr(err.text, "too long"), "%s", err.text);
+    ck_assert_int_eq(tr_case_from_id(&c, "gemm_trellis/ref/M=1;O=16/3", 5, &err), TR_OK);
+    ck_assert_int_eq(c.rep, 3);
+    ck_assert_str_eq(c.id, "gemm_trellis/ref/M=1;O=16/3");
+}
+END_TEST
+
 Suite *suite_cov_registry(void)
 {
     Suite *s = suite_create("cov_registry");
@@ -282,6 +545,9 @@ Suite *suite_cov_registry(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_metal_variants_reference);
     tcase_add_test(tc, test_alloc_failures);
+    tcase_add_test(tc, test_compare_tolerant_rules);
+    tcase_add_test(tc, test_compare_bitwise_rules);
+    tcase_add_test(tc, test_params_and_case_ids);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -26,6 +26,8 @@
     X(symbols)       \
     X(registry)      \
     X(cov_registry)  \
+    X(cov_ops)       \
+    X(cov_moe)       \
     X(conform)       \
     X(quantize)      \
     X(engine)        \
