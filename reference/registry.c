@@ -449,15 +449,111 @@ static int quick_points_pred(gen *g, point_list *l)
 
 static int quick_points(gen *g, point_list *l) { return g->pred ? quick_points_pred(g, l) : quick_points_op(g, l); }
 
-/* A pair (axis a value va, axis b value vb), a < b. */
-typedef struct vpair {
-    int a, va, b, vb;
-    int live;
-} vpair;
+/* --full: the greedy all-pairs construction of KERNELS.md §5.
+ *
+ * Pair slots: for axes a < b, slot(a, va, b, vb) = base[a][b] + va·n_b + vb, with a state (0 no valid point contains
+ * the pair, 1 live = not yet covered, 2 covered) and a witness (a valid point that contains it).  Completions are
+ * searched nearest-to-the-defaults first (near_search) within a budget of point evaluations, so the construction
+ * stays polynomial even where a constraint (k <= E, a tuple's grid, …) rules out most of a large product; a pair
+ * whose search ran out of budget counts as impossible.  TR_GEN_STATS=1 prints per op how many pairs were proven
+ * impossible (searched to the end) and how many were given up, so a too-small budget can never hide silently. */
+#define FULL_PAIR_BUDGET 5000
+#define FULL_STEP_BUDGET 400
 
-static int pair_in(const vpair *p, const int *idx) { return idx[p->a] == p->va && idx[p->b] == p->vb; }
+typedef struct pair_table {
+    int na;
+    int n[TR_MAX_AXES];
+    size_t base[TR_MAX_AXES][TR_MAX_AXES];
+    size_t nslots;
+    unsigned char *state;      /* 0 impossible, 1 live, 2 covered */
+    int *witness;              /* na ints per slot */
+} pair_table;
 
-/* --full: the greedy all-pairs construction of KERNELS.md §5. */
+static size_t slot_of(const pair_table *t, int a, int va, int b, int vb)
+{
+    if (a > b) {
+        int x = a;
+        a = b;
+        b = x;
+        x = va;
+        va = vb;
+        vb = x;
+    }
+    return t->base[a][b] + (size_t)va * (size_t)t->n[b] + (size_t)vb;
+}
+
+/* Every pair's feasibility and witness.  *proven / *given_up count the impossible pairs by how the search ended. */
+static int pair_table_init(gen *g, pair_table *t, const int *dflt, size_t *proven, size_t *given_up)
+{
+    const tr_opdef *op = g->op;
+    t->na = op->naxes;
+    t->nslots = 0;
+    for (int a = 0; a < t->na; a++)
+        t->n[a] = op->axes[a].nvalues;
+    for (int a = 0; a < t->na; a++)
+        for (int b = a + 1; b < t->na; b++) {
+            t->base[a][b] = t->nslots;
+            t->nslots += (size_t)t->n[a] * (size_t)t->n[b];
+        }
+    t->state = tr_calloc(t->nslots ? t->nslots : 1, 1);
+    t->witness = tr_malloc((t->nslots ? t->nslots : 1) * (size_t)t->na * sizeof *t->witness);
+    if (!t->state || !t->witness)
+        return TR_E_NOMEM;
+    const char *env = getenv("TR_GEN_PAIR_BUDGET");   /* a larger budget, to check that no pair was given up */
+    long budget = env && atol(env) > 0 ? atol(env) : FULL_PAIR_BUDGET;
+    for (int a = 0; a < t->na; a++)
+        for (int b = a + 1; b < t->na; b++)
+            for (int va = 0; va < t->n[a]; va++)
+                for (int vb = 0; vb < t->n[b]; vb++) {
+                    size_t s = slot_of(t, a, va, b, vb);
+                    int *w = t->witness + s * (size_t)t->na;
+                    for (int k = 0; k < t->na; k++)
+                        w[k] = -1;
+                    w[a] = va;
+                    w[b] = vb;
+                    if (near_search(g, w, dflt, budget))
+                        t->state[s] = 1;
+                    else if (g->budget == 0) {
+                        (*given_up)++;
+                        if (getenv("TR_GEN_STATS") && atoi(getenv("TR_GEN_STATS")) > 1)
+                            fprintf(stderr, "  given up: %s=%s %s=%s\n", op->axes[a].name, op->axes[a].values[va],
+                                    op->axes[b].name, op->axes[b].values[vb]);
+                    }
+                    else
+                        (*proven)++;
+                }
+    return TR_OK;
+}
+
+/* The value of axis c for the point under construction: the one covering most live pairs with the axes already
+ * fixed (ties: the first listed) among those every fixed axis can pair with and that still complete.  -1: none. */
+static int best_value(gen *g, const pair_table *t, const int *idx, int c, const int *dflt)
+{
+    int best = -1;
+    size_t best_cover = 0;
+    for (int v = 0; v < t->n[c]; v++) {
+        size_t cover = 0;
+        int possible = 1;
+        for (int d = 0; d < t->na && possible; d++) {
+            if (d == c || idx[d] < 0)
+                continue;
+            unsigned char st = t->state[slot_of(t, c, v, d, idx[d])];
+            possible = st != 0;
+            cover += st == 1;
+        }
+        if (!possible || (best >= 0 && cover <= best_cover))
+            continue;
+        int tmp[TR_MAX_AXES];
+        memcpy(tmp, idx, sizeof tmp);
+        tmp[c] = v;
+        if (near_search(g, tmp, dflt, FULL_STEP_BUDGET)) {
+            best = v;
+            best_cover = cover;
+        }
+    }
+    return best;
+}
+
 static int full_points(gen *g, point_list *l)
 {
     const tr_opdef *op = g->op;
@@ -470,68 +566,53 @@ static int full_points(gen *g, point_list *l)
         }
         return TR_OK;
     }
-    size_t np = 0, cap = 0;
-    vpair *pairs = NULL;
+    int dflt[TR_MAX_AXES];
     for (int a = 0; a < na; a++)
-        for (int b = a + 1; b < na; b++)
-            for (int va = 0; va < op->axes[a].nvalues; va++)
-                for (int vb = 0; vb < op->axes[b].nvalues; vb++) {
-                    int idx[TR_MAX_AXES];
-                    for (int k = 0; k < na; k++)
-                        idx[k] = -1;
-                    idx[a] = va;
-                    idx[b] = vb;
-                    if (!completable(g, idx))
-                        continue;
-                    if (np == cap) {
-                        cap = cap ? 2 * cap : 256;
-                        vpair *v = tr_realloc(pairs, cap * sizeof *v);
-                        if (!v) {
-                            tr_dealloc(pairs);
-                            return TR_E_NOMEM;
-                        }
-                        pairs = v;
-                    }
-                    pairs[np++] = (vpair){a, va, b, vb, 1};
-                }
-    size_t left = np;
-    int rc = TR_OK;
-    for (size_t first = 0; left > 0 && rc == TR_OK;) {
-        while (!pairs[first].live)
+        dflt[a] = op->axes[a].dflt;
+    pair_table t = {0};
+    size_t proven = 0, given_up = 0;
+    int rc = pair_table_init(g, &t, dflt, &proven, &given_up);
+    for (size_t first = 0; rc == TR_OK; first++) {
+        while (first < t.nslots && t.state[first] != 1)
             first++;
+        if (first == t.nslots)
+            break;
         int idx[TR_MAX_AXES];
-        for (int k = 0; k < na; k++)
-            idx[k] = -1;
-        idx[pairs[first].a] = pairs[first].va;
-        idx[pairs[first].b] = pairs[first].vb;
+        memcpy(idx, t.witness + first * (size_t)na, sizeof *idx * (size_t)na);
+        int pa = -1, pb = -1;   /* the pair of slot first; the other axes are chosen greedily */
+        for (int a = 0; a < na && pb < 0; a++)
+            for (int b = a + 1; b < na; b++)
+                if (first >= t.base[a][b] && first < t.base[a][b] + (size_t)t.n[a] * (size_t)t.n[b]) {
+                    pa = a;
+                    pb = b;
+                    break;
+                }
+        for (int a = 0; a < na; a++)
+            if (a != pa && a != pb)
+                idx[a] = -1;
         for (int c = 0; c < na; c++) {
             if (idx[c] >= 0)
                 continue;
-            int best = -1;
-            size_t best_cover = 0;
-            for (int v = 0; v < op->axes[c].nvalues; v++) {
-                idx[c] = v;
-                if (!completable(g, idx))
-                    continue;
-                size_t cover = 0;   /* live pairs covered by the values fixed so far */
-                for (size_t p = 0; p < np; p++)
-                    if (pairs[p].live && idx[pairs[p].a] >= 0 && idx[pairs[p].b] >= 0 && pair_in(&pairs[p], idx))
-                        cover++;
-                if (best < 0 || cover > best_cover) {
-                    best = v;
-                    best_cover = cover;
-                }
+            int v = best_value(g, &t, idx, c, dflt);
+            if (v < 0) {   /* the budget could not extend this point: take the pair's witness whole */
+                memcpy(idx, t.witness + first * (size_t)na, sizeof *idx * (size_t)na);
+                break;
             }
-            idx[c] = best;
+            idx[c] = v;
         }
-        for (size_t p = 0; p < np; p++)
-            if (pairs[p].live && pair_in(&pairs[p], idx)) {
-                pairs[p].live = 0;
-                left--;
+        for (int a = 0; a < na; a++)
+            for (int b = a + 1; b < na; b++) {
+                size_t s = slot_of(&t, a, idx[a], b, idx[b]);
+                if (t.state[s] == 1)
+                    t.state[s] = 2;
             }
         rc = list_add(l, idx);
     }
-    tr_dealloc(pairs);
+    if (rc == TR_OK && getenv("TR_GEN_STATS"))
+        fprintf(stderr, "full tier %s: %zu pair slots, %zu impossible (proven), %zu given up (budget), %zu points\n",
+                op->name, t.nslots, proven, given_up, l->n);
+    tr_dealloc(t.state);
+    tr_dealloc(t.witness);
     return rc;
 }
 

@@ -48,6 +48,13 @@ for m in $MODELS; do
 done
 
 step conform "$T" conform --quick --strict --no-progress --case-timeout 120 --json "$OUT/conformance.json"
+# The other available backend: our Metal kernels on the CPU emulator (METAL.md; the same run as make check-metal).
+if command -v g++ >/dev/null 2>&1; then
+    step conform-metal-emu "$T" conform --backend metal-emu --quick --strict --no-progress --case-timeout 60 \
+        --json "$OUT/conformance-metal-emu.json"
+else
+    echo "make run: metal-emu skipped (no g++: the emulator compiles kernels with it)"
+fi
 
 for m in $MODELS; do
     step "perplexity-$m" "$T" perplexity -m "golden/oracle/$m" -f "$TEXT" --ctx $CTX --no-progress \

@@ -114,6 +114,24 @@ START_TEST(test_full_is_all_pairs)
 }
 END_TEST
 
+/* The --full search is budgeted (reference/registry.c): with an unbounded budget, which proves every impossible pair
+ * impossible, the points are the same, so the budget gave up on no pair that some point could have held. */
+START_TEST(test_full_budget_loses_no_pair)
+{
+    const tr_opdef *op = tr_registry_find("dequant_grid");
+    char **v, **w;
+    size_t n = points(op, TR_TIER_FULL, &v);
+    setenv("TR_GEN_PAIR_BUDGET", "1000000000", 1);
+    size_t m = points(op, TR_TIER_FULL, &w);
+    unsetenv("TR_GEN_PAIR_BUDGET");
+    ck_assert_uint_eq(n, m);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_str_eq(v[i], w[i]);
+    free_points(v, n);
+    free_points(w, m);
+}
+END_TEST
+
 START_TEST(test_exhaustive_is_filtered_product)
 {
     const tr_opdef *op = tr_registry_find("bitshift_states");
@@ -348,6 +366,7 @@ Suite *suite_registry(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_quick_covers_every_value);
     tcase_add_test(tc, test_full_is_all_pairs);
+    tcase_add_test(tc, test_full_budget_loses_no_pair);
     tcase_add_test(tc, test_exhaustive_is_filtered_product);
     tcase_add_test(tc, test_case_ids_and_seeds);
     tcase_add_test(tc, test_generators_deterministic);
