@@ -339,6 +339,18 @@ START_TEST(test_hf_index_members)
     ck_assert_str_eq(tr_layout_name(tr_ckpt_layout(c)), "hf_float");
     tr_ckpt_close(c);
     ck_assert_str_eq(tr_layout_name(TR_LAYOUT_EXL3), "exl3");
+    /* reading a quantized component (U8 indices) as float is refused; a missing name is reported */
+    char *v3 = v3_dir("v3int", BREAK_NONE);
+    ck_assert_msg(tr_ckpt_open(v3, NULL, &c, &err) == TR_OK, "%s", err.text);
+    float *f = NULL;
+    uint64_t n = 0;
+    ck_assert_int_eq(tr_ckpt_load_f32(c, "model__layers__0__mlp__up_proj__weight__indices", &f, &n, &err),
+                     TR_E_DTYPE);
+    ck_assert_msg(strstr(err.text, "dtype U8 not allowed (F32, BF16 or F16)"), "%s", err.text);
+    ck_assert_ptr_null(f);
+    ck_assert_int_eq(tr_ckpt_load_f32(c, "model.missing.weight", &f, &n, &err), TR_E_TENSOR_MISSING);
+    ck_assert_msg(strstr(err.text, "base_weights.safetensors"), "%s", err.text);
+    tr_ckpt_close(c);
     ck_assert_str_eq(tr_layout_name((tr_layout)99), "?");
 }
 END_TEST
@@ -619,6 +631,59 @@ START_TEST(test_writers_disk_full_and_misuse)
 }
 END_TEST
 
+/* ---- safetensors header entries ---------------------------------------------------------------------------------- */
+
+START_TEST(test_safetensors_entries)
+{
+    static const struct {
+        const char *header;
+        int code;
+        const char *needle;
+    } table[] = {
+        {"{\"t\":3}", TR_E_ST_ENTRY, "tensor \"t\""},
+        {"{\"t\":{\"shape\":[1],\"data_offsets\":[0,4]}}", TR_E_ST_ENTRY, "missing member \"dtype\""},
+        {"{\"t\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", TR_E_ST_ENTRY, "missing member \"shape\""},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1]}}", TR_E_ST_ENTRY, "missing member \"data_offsets\""},
+        {"{\"t\":{\"dtype\":1,\"shape\":[1],\"data_offsets\":[0,4]}}", TR_E_ST_ENTRY, "dtype is not a string"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[0,4]}}", TR_E_ST_ENTRY, "shape is not an array"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":\"0\"}}", TR_E_ST_ENTRY,
+         "data_offsets is not an array"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", TR_E_ST_OFFSETS, "two non-negative"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0.5,4]}}", TR_E_ST_OFFSETS, "two non-negative"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,-4]}}", TR_E_ST_OFFSETS, "two non-negative"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,4]}}",
+         TR_E_ST_SIZE, "element count overflows 64 bits"},
+        {"{\"__metadata__\":[],\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", TR_E_ST_METADATA, ""},
+        {"{\"__metadata__\":{\"a\":1},\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+         TR_E_ST_METADATA, "__metadata__.a is not a string"},
+        /* zero-size tensors at one offset sort by end, then name */
+        {"{\"b\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},\"t\":{\"dtype\":\"F32\",\"shape\":[1],"
+         "\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}", TR_OK, ""},
+    };
+    float v = 1.5f;
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        size_t size;
+        uint8_t *img = tr_test_st_image(table[i].header, &v, 4, &size);
+        tr_st_file *f = NULL;
+        tr_error err;
+        tr_error_clear(&err);
+        int rc = tr_st_open_buffer(img, size, "mem", &f, &err);
+        ck_assert_msg(rc == table[i].code, "%zu: %s (%s)", i, tr_status_name(rc), err.text);
+        if (rc == TR_OK) {
+            ck_assert_uint_eq(tr_st_count(f), 3);
+            ck_assert_ptr_null(tr_st_metadata_value(f, 0));
+            ck_assert_uint_eq(tr_st_find(f, "t")->numel, 1);
+            tr_st_close(f);
+        } else {
+            ck_assert_ptr_null(f);
+            ck_assert_msg(strstr(err.text, table[i].needle), "%zu: %s", i, err.text);
+        }
+        free(img);
+    }
+    ck_assert_uint_eq(tr_dtype_size(TR_DT_COUNT), 0);
+}
+END_TEST
+
 Suite *suite_cov_checkpoint(void)
 {
     Suite *s = suite_create("cov_checkpoint");
@@ -632,6 +697,7 @@ Suite *suite_cov_checkpoint(void)
     tcase_add_test(tc, test_open_warnings_alloc_failures);
     tcase_add_test(tc, test_writers_json_alloc_failures);
     tcase_add_test(tc, test_writers_disk_full_and_misuse);
+    tcase_add_test(tc, test_safetensors_entries);
     suite_add_tcase(s, tc);
     return s;
 }
