@@ -9,7 +9,7 @@
 #   make asan       build with ASan+UBSan into build-asan/ and run the check suite there
 #   make valgrind   run the check suite under valgrind (0 errors, 0 leaks)
 #   make coverage   coverage build (build-cov/), the check suite, lcov HTML under reports/coverage/, per-directory
-#                   figures; fails (exit 1) below the thresholds of COV_RULES (make -j2 coverage: ~3.5 min, 2 cores)
+#                   figures; fails (exit 1) below the thresholds of COV_RULES (make -j2 coverage: ~4 min on 2 cores)
 #   make coverage-check  the per-directory figures and thresholds again, from build-cov/coverage.info
 #   make check-long opt-in long tests (all 2^32 conversions, ...)
 #   make check-metal  our .metal kernels on the CPU emulator: build them, conform --backend metal-emu --quick --strict
