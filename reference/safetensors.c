@@ -486,38 +486,31 @@ static int cmp_writer(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+/* jansson's *_set_new / *_append_new take the reference even when they fail (the value is freed), so every
+ * container is handed to its parent as soon as it exists and never released here again; a failure anywhere only
+ * sets bad, and the one json_decref(root) at the end frees whatever was built. */
 static char *writer_header(tr_st_writer *w, size_t *len)
 {
     unsigned long mark = tr_json_mark();
     json_t *root = json_object();
     json_t *meta = json_object();
-    int bad = !root || !meta || json_object_set_new(meta, "format", json_string("pt")) ||
-              json_object_set_new(root, "__metadata__", meta);
-    if (!bad)
-        meta = NULL;
+    int bad = json_object_set_new(root, "__metadata__", meta);   /* consumes meta (root NULL: frees it) */
+    bad = bad || json_object_set_new(meta, "format", json_string("pt"));
     uint64_t off = 0;
     for (size_t i = 0; !bad && i < w->count; i++) {
         writer_entry *e = &w->items[i];
         json_t *ent = json_object(), *shape = json_array(), *offs = json_array();
-        bad = !ent || !shape || !offs;
+        int r1 = json_object_set_new(ent, "dtype", json_string(tr_dtype_name(e->dtype)));   /* each call consumes */
+        int r2 = json_object_set_new(ent, "shape", shape);                                  /* its value */
+        int r3 = json_object_set_new(ent, "data_offsets", offs);
+        bad = json_object_set_new(root, e->name, ent) || r1 || r2 || r3;
         for (unsigned d = 0; !bad && d < e->ndim; d++)
             bad = json_array_append_new(shape, json_integer((json_int_t)e->shape[d]));
         bad = bad || json_array_append_new(offs, json_integer((json_int_t)off)) ||
-              json_array_append_new(offs, json_integer((json_int_t)(off + e->nbytes))) ||
-              json_object_set_new(ent, "dtype", json_string(tr_dtype_name(e->dtype))) ||
-              json_object_set_new(ent, "shape", shape) || json_object_set_new(ent, "data_offsets", offs);
-        if (!bad) {
-            shape = offs = NULL;
-            bad = json_object_set_new(root, e->name, ent);
-            ent = NULL;
-        }
-        json_decref(ent);
-        json_decref(shape);
-        json_decref(offs);
+              json_array_append_new(offs, json_integer((json_int_t)(off + e->nbytes)));
         off += e->nbytes;
     }
     char *text = bad ? NULL : tr_json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER, mark);
-    json_decref(meta);
     json_decref(root);
     if (!text)
         return NULL;

@@ -313,11 +313,10 @@ static json_t *index_json(tr_v3_writer *w)
     bad = bad || json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
     for (size_t i = 0; !bad && i < w->nmap; i++)
         bad = json_object_set_new(wm, w->map[i].name, json_string(w->map[i].file));
-    if (!bad) {
-        bad = json_object_set_new(root, "metadata", meta);
-        meta = NULL;
-        bad = bad || json_object_set_new(root, "weight_map", wm);
-        wm = NULL;
+    if (!bad) {   /* both calls take their value even when they fail */
+        int r = json_object_set_new(root, "metadata", meta);
+        bad = json_object_set_new(root, "weight_map", wm) || r;
+        meta = wm = NULL;
     }
     json_decref(meta);
     json_decref(wm);
