@@ -370,7 +370,10 @@ static void symbols_tables(rpt_report *r)
         static const char *const keys[] = {"present", "missing", "missing_generic", "unreferenced", "unmapped"};
         for (int k = 0; k < 5; k++)
             rpt_cell(r, t, rf_int(rj_get(sm, keys[k])));
-        rpt_table *m = rpt_table_new(r, RPT_S_SYMBOLS, "table-symbols-missing", "Symbols not present", 3, mhead);
+        rpt_table *m = rpt_table_new(r, RPT_S_SYMBOLS, "table-symbols-missing",
+                                     "Symbols other than present (missing: the policy needs them; unreferenced: "
+                                     "defined, never returned by the policy; unmapped: no KERNELS.md record)",
+                                     3, mhead);
         for (size_t k = 0; k < json_array_size(sy); k++) {
             const json_t *x = json_array_get(sy, k);
             if (!strcmp(rj_str(x, "status"), "present"))
