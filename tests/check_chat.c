@@ -121,14 +121,14 @@ START_TEST(test_render_only)
 {
     const char *m1 = write_messages("m1.json", "[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"hi\"}]");
     cli_result r = cli_run("chat", "-m", GLM, "--messages", m1, "--render-only", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     const char *glm = "[gMASK]<sop><|system|>S<|user|>hi<|assistant|><think>\n";
-    ck_assert_msg(!strncmp(r.out, glm, strlen(glm)), "%s", r.out);
+    ck_assert_msg(!strncmp(r.out, glm, strlen(glm)), "%.3000s", r.out);
     cli_result_free(&r);
     r = cli_run("chat", "-m", QWEN, "--messages", m1, "--render-only", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     const char *want = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n\n";
-    ck_assert_msg(!strncmp(r.out, want, strlen(want)), "%s", r.out);
+    ck_assert_msg(!strncmp(r.out, want, strlen(want)), "%.3000s", r.out);
     cli_result_free(&r);
     r = cli_run("chat", "-m", QWEN, "--messages", m1, "--render-only", "--no-think", NULL);
     ck_assert_ptr_nonnull(strstr(r.out, "<|im_start|>assistant\n<think>\n\n</think>\n\n"));
@@ -141,7 +141,7 @@ START_TEST(test_messages_reply)
 {
     const char *m1 = write_messages("m2.json", "[{\"role\":\"user\",\"content\":\"hi\"}]");
     cli_result r = cli_run("chat", "-m", QWEN, "--messages", m1, "--greedy", "-n", "5", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     ck_assert_uint_gt(strlen(r.out), 1);
     cli_result_free(&r);
     r = cli_run("chat", "-m", QWEN, "--messages", m1, "--greedy", "--ctx-size", "4", NULL);

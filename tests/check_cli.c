@@ -50,7 +50,7 @@ START_TEST(test_top_level)
         cli_result_free(&r);
         r = cli_run(cmds[i], "--bogus", NULL);
         ck_assert_int_eq(r.status, 2);
-        ck_assert_msg(strstr(r.err, "unknown option --bogus"), "%s", r.err);
+        ck_assert_msg(strstr(r.err, "unknown option --bogus"), "%.3000s", r.err);
         cli_result_free(&r);
     }
 }
@@ -85,7 +85,7 @@ START_TEST(test_codebook)
     cli_result_free(&r);
     r = cli_run("codebook", "3inst", "--out", "/nonexistent/dir/x.bin", NULL);
     ck_assert_int_eq(r.status, 2);
-    ck_assert_msg(strstr(r.err, "/nonexistent/dir/x.bin: TR_E_IO: cannot create"), "%s", r.err);
+    ck_assert_msg(strstr(r.err, "/nonexistent/dir/x.bin: TR_E_IO: cannot create"), "%.3000s", r.err);
     cli_result_free(&r);
 }
 END_TEST
@@ -95,7 +95,7 @@ START_TEST(test_dequant)
     char *out = tmp_path("w.f16");
     const char *name = "model.layers.1.mlp.experts.1.up_proj.weight";
     cli_result r = cli_run("dequant", "golden/foreign/v2_moe", name, "--out", out, NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     cli_result_free(&r);
     char cmd[8500];
     snprintf(cmd, sizeof cmd, "cmp -s '%s' 'golden/foreign/v2_moe.expected/%s.w16'", out, name);
@@ -104,7 +104,7 @@ START_TEST(test_dequant)
                 NULL);
     ck_assert_int_eq(r.status, 2);
     ck_assert_msg(strstr(r.err, "trellis dequant: error: model.layers.1.mlp.experts.9.up_proj.weight: "
-                                "TR_E_TENSOR_MISSING: no quantized tensor of that name"), "%s", r.err);
+                                "TR_E_TENSOR_MISSING: no quantized tensor of that name"), "%.3000s", r.err);
     cli_result_free(&r);
     r = cli_run("dequant", "tests/data/bad/ck_indices_size", "x", "--out", out, NULL);
     ck_assert_int_eq(r.status, 2);
@@ -119,7 +119,7 @@ END_TEST
 START_TEST(test_inspect)
 {
     cli_result r = cli_run("inspect", "golden/checkpoint/ref_moe_v3", "--json", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     json_error_t jerr;
     json_t *doc = json_loads(r.out, 0, &jerr);
     ck_assert_msg(doc != NULL, "%s", jerr.text);
@@ -171,7 +171,7 @@ END_TEST
 START_TEST(test_golden)
 {
     cli_result r = cli_run("golden", "verify", "golden", "--id", "grid/*", "--json", "-", NULL);
-    ck_assert_msg(r.status == 0, "%s%s", r.out, r.err);
+    ck_assert_msg(r.status == 0, "%.2000s%.2000s", r.out, r.err);
     json_error_t jerr;
     json_t *doc = json_loads(r.out, 0, &jerr);
     ck_assert_ptr_nonnull(doc);
@@ -193,15 +193,15 @@ START_TEST(test_golden)
     sh(cmd);
     r = cli_run("golden", "verify", copy, "--id", "packing/example_b", NULL);
     ck_assert_int_eq(r.status, 1);
-    ck_assert_msg(strstr(r.out, "FAIL") && strstr(r.out, "w16.f16: sha256"), "%s", r.out);
+    ck_assert_msg(strstr(r.out, "FAIL") && strstr(r.out, "w16.f16: sha256"), "%.3000s", r.out);
     cli_result_free(&r);
     /* gen refuses to overwrite a changed output without --force, then restores it with --force */
     r = cli_run("golden", "gen", copy, "--id", "packing/example_b", NULL);
     ck_assert_int_eq(r.status, 1);
-    ck_assert_msg(strstr(r.out, "refused"), "%s", r.out);
+    ck_assert_msg(strstr(r.out, "refused"), "%.3000s", r.out);
     cli_result_free(&r);
     r = cli_run("golden", "gen", copy, "--id", "packing/example_b", "--force", NULL);
-    ck_assert_msg(r.status == 0, "%s%s", r.out, r.err);
+    ck_assert_msg(r.status == 0, "%.2000s%.2000s", r.out, r.err);
     ck_assert(strstr(r.out, "changed  packing/example_b/w16.f16"));
     cli_result_free(&r);
     r = cli_run("golden", "verify", copy, "--id", "packing/*", NULL);
@@ -218,7 +218,7 @@ START_TEST(test_golden)
     sh(cmd);
     r = cli_run("golden", "verify", copy, "--id", "lut/3inst", NULL);
     ck_assert_int_eq(r.status, 0);
-    ck_assert_msg(strstr(r.out, "UNSUPPORTED"), "%s", r.out);
+    ck_assert_msg(strstr(r.out, "UNSUPPORTED"), "%.3000s", r.out);
     cli_result_free(&r);
 
     r = cli_run("golden", "verify", "/nonexistent", NULL);

@@ -57,7 +57,7 @@ static json_t *conform_json(int *status, const char *backend, const char *replay
     *status = r.status;
     json_error_t jerr;
     json_t *doc = json_load_file(json, 0, &jerr);
-    ck_assert_msg(doc != NULL, "no JSON (%s): %s%s", jerr.text, r.out, r.err);
+    ck_assert_msg(doc != NULL, "no JSON (%s): %.1500s%.1500s", jerr.text, r.out, r.err);
     cli_result_free(&r);
     return doc;
 }
@@ -558,7 +558,7 @@ START_TEST(test_shards_merge)
     char *whole = tmp("whole.json");
     cli_result r = cli_run("conform", "--backend", "cpu", "--ops", "dequant_grid,moe_group,router_topk", "--json",
                            whole, "--no-progress", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.out);
+    ck_assert_msg(r.status == 0, "%.3000s", r.out);
     cli_result_free(&r);
     char *parts[4];
     for (int i = 0; i < 4; i++) {
@@ -573,7 +573,7 @@ START_TEST(test_shards_merge)
     }
     char *merged = tmp("merged.json");
     r = cli_run("report", "merge", parts[2], parts[0], parts[3], parts[1], "--json", merged, NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     cli_result_free(&r);
     json_error_t jerr;
     json_t *a = json_load_file(whole, 0, &jerr), *b = json_load_file(merged, 0, &jerr);
@@ -650,7 +650,7 @@ START_TEST(test_isolation_and_replay)
                            "--case-timeout", "0.5", "--no-progress", NULL);
     unsetenv("TR_CONFORM_FAULT");
     ck_assert_int_eq(r.status, 1);
-    ck_assert_msg(strstr(r.out, "TIMEOUT case=cast_f16/cpu/n=1;values=normal/0"), "%s", r.out);
+    ck_assert_msg(strstr(r.out, "TIMEOUT case=cast_f16/cpu/n=1;values=normal/0"), "%.3000s", r.out);
     ck_assert(strstr(r.out, "replay: trellis conform --backend cpu --replay 'cast_f16/cpu/n=1;values=normal/0' "
                             "--seed 1"));
     cli_result_free(&r);

@@ -98,7 +98,7 @@ START_TEST(test_ppl_llamacpp)
     char nll[4200];
     snprintf(nll, sizeof nll, "%s/ppl.nll", tr_test_tmpdir());
     cli_result r = cli_run("perplexity", "-m", c->dir, "--ids-file", f, "--ctx", "16", "--save-nll", nll, NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     uint32_t chunks = 3 * c->T / 16;
     char want[32];
     snprintf(want, sizeof want, "[%u]", chunks);
@@ -124,7 +124,7 @@ START_TEST(test_ppl_llamacpp)
     tr_dealloc(data);
     r = cli_run("perplexity", "-m", c->dir, "--ids-file", f, "--ctx", "16", "--chunks", "2", "--bos", "0", "--json",
                 "-", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     json_t *doc = run_json(&r);
     ck_assert_int_eq(json_integer_value(json_object_get(doc, "n_chunks")), 2);
     ck_assert_int_eq(json_integer_value(json_object_get(doc, "n_scored")), 14);
@@ -148,7 +148,7 @@ START_TEST(test_ppl_hf_strided)
     snprintf(nll, sizeof nll, "%s/ppl-hf.nll", tr_test_tmpdir());
     cli_result r = cli_run("perplexity", "-m", c->dir, "--ids-file", f, "--protocol", "hf", "--ctx", "24", "--stride",
                            "10", "--save-nll", nll, "--json", "-", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     json_t *doc = run_json(&r);
     ck_assert_int_eq(json_integer_value(json_object_get(doc, "n_scored")), 2 * c->T - 1);
     json_decref(doc);
@@ -179,7 +179,7 @@ START_TEST(test_ppl_errors)
     ck_assert_int_eq(r.status, 2);
     char want[128];
     snprintf(want, sizeof want, "%u tokens, need at least 2*ctx = 1024", c->T);
-    ck_assert_msg(strstr(r.err, want) != NULL, "%s", r.err);
+    ck_assert_msg(strstr(r.err, want) != NULL, "%.3000s", r.err);
     cli_result_free(&r);
     r = cli_run("perplexity", "-m", c->dir, "--ids-file", f, "--ctx", "16", "--ctx-size", "8", NULL);
     ck_assert_int_eq(r.status, 2);
@@ -204,7 +204,7 @@ START_TEST(test_bench_json)
     const tr_oracle_case *c = tr_oracle_case_at(o, 0);
     cli_result r = cli_run("bench", "-m", c->dir, "--prompt-tokens", "8", "--gen-tokens", "6", "--warmup", "2",
                            "--prefill-tokens", "8,16", "--repetitions", "2", "--json", "-", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     ck_assert_ptr_nonnull(strstr(r.err, "decode :"));   /* the summary goes to stderr when JSON is on stdout */
     json_t *doc = run_json(&r);
     ck_assert_str_eq(json_string_value(json_object_get(doc, "schema")), "trellis.bench/1");

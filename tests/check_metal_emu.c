@@ -1191,7 +1191,7 @@ START_TEST(test_cli_metal)
 {
     ck_assert_msg(LIB != NULL, "%s", lib_error);
     cli_result r = cli_run("metal", "list", FIX, "--out", cache_dir, "--json", "-", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     json_error_t je;
     json_t *doc = json_loads(r.out, 0, &je);
     ck_assert_ptr_nonnull(doc);
@@ -1202,11 +1202,11 @@ START_TEST(test_cli_metal)
     r = cli_run("metal", "list", FIX "/reduction.metal", "--out", cache_dir, NULL);
     ck_assert_int_eq(r.status, 0);
     ck_assert_msg(strstr(r.out, "reduction:reduce_sum") && strstr(r.out, "threadgroup    partial") &&
-                  strstr(r.out, "[[simdgroup_index_in_threadgroup]]") && strstr(r.out, "op: unmapped"), "%s", r.out);
+                  strstr(r.out, "[[simdgroup_index_in_threadgroup]]") && strstr(r.out, "op: unmapped"), "%.3000s", r.out);
     cli_result_free(&r);
     r = cli_run("metal", "build", FIX "/gemv.metal", "--out", cache_dir, NULL);
     ck_assert_int_eq(r.status, 0);
-    ck_assert_msg(strstr(r.out, "1 .metal files, 1 built (1 cached), 0 failed, 1 kernels"), "%s", r.out);
+    ck_assert_msg(strstr(r.out, "1 .metal files, 1 built (1 cached), 0 failed, 1 kernels"), "%.3000s", r.out);
     cli_result_free(&r);
     r = cli_run("metal", "rewrite", FIX "/uninit.metal", "--json", "-", NULL);
     ck_assert_int_eq(r.status, 0);
@@ -1266,7 +1266,7 @@ START_TEST(test_cli_metal)
                 "48", "--tg", "32", "--dispatch-threads", "--schedule", "forward", "--schedule", "random:5",
                 "--emit-capture", emit, NULL);
     ck_assert_msg(r.status == 0, "%s\n%s", r.out, r.err);
-    ck_assert_msg(strstr(squash(r.out), "output out 0 of 48 elements differ from the capture"), "%s", r.out);
+    ck_assert_msg(strstr(squash(r.out), "output out 0 of 48 elements differ from the capture"), "%.3000s", r.out);
     cli_result_free(&r);
     json_t *em = NULL;
     tr_error err;
@@ -1310,7 +1310,7 @@ START_TEST(test_cli_metal)
     r = cli_run("metal", "run", "saxpy", "--metal-dir", FIX, "--out", cache_dir, "--capture", cap, "--grid", "48",
                 "--tg", "32", NULL);
     ck_assert_int_eq(r.status, 2);
-    ck_assert_msg(strstr(r.err, "parameter x (buffer 0"), "%s", r.err);
+    ck_assert_msg(strstr(r.err, "parameter x (buffer 0"), "%.3000s", r.err);
     cli_result_free(&r);
     tr_dealloc(outg);
 }

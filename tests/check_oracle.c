@@ -141,7 +141,7 @@ END_TEST
 START_TEST(test_cli_verify)
 {
     cli_result r = cli_run("golden", "verify", "--oracle", oracle_dir(), "--json", "-", NULL);
-    ck_assert_msg(r.status == 0, "%s%s", r.out, r.err);
+    ck_assert_msg(r.status == 0, "%.2000s%.2000s", r.out, r.err);
     ck_assert_ptr_nonnull(strstr(r.out, "\"schema\": \"trellis.oracle_verify/1\""));
     ck_assert_ptr_nonnull(strstr(r.out, "\"FAIL\": 0"));
     ck_assert_ptr_nonnull(strstr(r.out, "\"min_margin\""));

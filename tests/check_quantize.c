@@ -952,8 +952,8 @@ START_TEST(test_cli_end_to_end)
     const char *spec = "attn=3,gate=5,up=2,down=6,default=4";
     cli_result r = cli_run("quantize", "-m", src, "--out", o1, "--bits", spec, "--scale", "mse", "--rotation",
                            "hadamard128", "--json", js, NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
-    ck_assert_msg(strstr(r.out, "model.layers.0.self_attn.q_proj.weight"), "%s", r.out);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
+    ck_assert_msg(strstr(r.out, "model.layers.0.self_attn.q_proj.weight"), "%.3000s", r.out);
     expect_line(r.out, "model.layers.0.mlp.experts.1.down_proj.weight", " 6 bits  [128,48]  mse ");
     expect_line(r.out, "model.layers.0.self_attn.q_proj.weight", " 3 bits  [64,128]  hadamard128  mse ");
     expect_line(r.out, "model.layers.1.mlp.shared_experts.up_proj.weight", " 4 bits  [24,128]  hadamard128  mse ");
@@ -999,7 +999,7 @@ START_TEST(test_cli_end_to_end)
     expect_linears(o3, src, TR_QSCALE_ABSMAX, TR_ROT_NONE, bits8, &count);
     ck_assert_uint_eq(count, 16);
     r = cli_run("inspect", o3, NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     ck_assert(strstr(r.out, "layout trellis_v3, 16 quantized tensors"));
     cli_result_free(&r);
 }
@@ -1014,7 +1014,7 @@ START_TEST(test_cli_shards)
     ck_assert_int_eq(r.status, 0);
     cli_result_free(&r);
     r = cli_run("quantize", "-m", src, "--out", many, "--shard-size", "9000", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     cli_result_free(&r);
     tr_ckpt *a = NULL, *b = NULL;
     tr_error err;
@@ -1076,7 +1076,7 @@ START_TEST(test_cli_avg)
     const char *src = src_fixture();
     char *o = tmp_dir("avg");
     cli_result r = cli_run("quantize", "-m", src, "--out", o, "--bits", "avg=3.25,attn=4", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     cli_result_free(&r);
     tr_ckpt *c = NULL, *s = NULL;
     tr_error err;
@@ -1111,7 +1111,7 @@ START_TEST(test_cli_avg)
     /* unreachable target */
     r = cli_run("quantize", "-m", src, "--out", tmp_dir("avg2"), "--bits", "avg=2,attn=8", NULL);
     ck_assert_int_eq(r.status, 2);
-    ck_assert_msg(strstr(r.err, "avg=2 cannot be reached"), "%s", r.err);
+    ck_assert_msg(strstr(r.err, "avg=2 cannot be reached"), "%.3000s", r.err);
     cli_result_free(&r);
 }
 END_TEST
@@ -1136,7 +1136,7 @@ START_TEST(test_cli_errors)
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         cli_result r = cli_run("quantize", "-m", src, "--out", tmp_dir("bad"), cases[k].a[0], cases[k].a[1], NULL);
         ck_assert_int_eq(r.status, 2);
-        ck_assert_msg(strstr(r.err, cases[k].msg), "%s", r.err);
+        ck_assert_msg(strstr(r.err, cases[k].msg), "%.3000s", r.err);
         cli_result_free(&r);
     }
     cli_result r = cli_run("quantize", "-m", src, NULL);
@@ -1150,7 +1150,7 @@ START_TEST(test_cli_errors)
     /* --out not empty: refused, nothing touched */
     r = cli_run("quantize", "-m", src, "--out", src, NULL);
     ck_assert_int_eq(r.status, 2);
-    ck_assert_msg(strstr(r.err, "is not empty; quantize writes only into a new or empty directory"), "%s", r.err);
+    ck_assert_msg(strstr(r.err, "is not empty; quantize writes only into a new or empty directory"), "%.3000s", r.err);
     cli_result_free(&r);
     /* an empty existing directory is fine */
     char *e = tmp_dir("empty");
@@ -1158,12 +1158,12 @@ START_TEST(test_cli_errors)
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", e);
     ck_assert_int_eq(system(cmd), 0);
     r = cli_run("quantize", "-m", src, "--out", e, "--bits", "2", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     cli_result_free(&r);
     /* a trellis directory as source: input error */
     r = cli_run("quantize", "-m", e, "--out", tmp_dir("again"), NULL);
     ck_assert_int_eq(r.status, 2);
-    ck_assert_msg(strstr(r.err, "TR_E_INPUT: layout trellis_v3: quantize reads an HF float checkpoint"), "%s", r.err);
+    ck_assert_msg(strstr(r.err, "TR_E_INPUT: layout trellis_v3: quantize reads an HF float checkpoint"), "%.3000s", r.err);
     cli_result_free(&r);
     /* no such source */
     r = cli_run("quantize", "-m", "/nonexistent/model", "--out", tmp_dir("none"), NULL);
@@ -1175,7 +1175,7 @@ START_TEST(test_cli_errors)
     r = cli_run("quantize", "-m", bad, "--out", tmp_dir("nan_out"), NULL);
     ck_assert_int_eq(r.status, 2);
     ck_assert_msg(strstr(r.err, "TR_E_NONFINITE: model.layers.0.self_attn.q_proj.weight: element 130 [1,2] is NaN"),
-                  "%s", r.err);
+                  "%.3000s", r.err);
     cli_result_free(&r);
 }
 END_TEST
@@ -1196,7 +1196,7 @@ START_TEST(test_cli_alloc_failures)
     cli_result r = run_injected(src, ~0ul);   /* count the points */
     unsigned long total = tr_alloc_points();
     tr_alloc_fail_at(0);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     cli_result_free(&r);
     ck_assert_uint_gt(total, 100);
     unsigned long step = tr_test_long() ? 1 : total / 80 + 1;

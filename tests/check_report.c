@@ -255,7 +255,7 @@ START_TEST(test_report_outputs)
     write_inputs(in, paths);
     cli_result r = cli_run("report", "--in", paths[0], paths[1], paths[2], paths[3], paths[4], paths[5], paths[6],
                            paths[7], paths[8], "--out", out, "--history", hist, "--commit", "cafe", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     ck_assert(strstr(r.out, "conformance cpu"));
     ck_assert(strstr(r.out, "report: 9 result files"));
     cli_result_free(&r);
@@ -280,7 +280,7 @@ START_TEST(test_report_folder_and_no_plots)
     char paths[NINPUTS][4200];
     write_inputs(in, paths);
     cli_result r = cli_run("report", in, "--out", out, "--history", hist, "--no-plots", NULL);
-    ck_assert_msg(r.status == 0, "%s", r.err);
+    ck_assert_msg(r.status == 0, "%.3000s", r.err);
     ck_assert(strstr(r.out, "0 of 9 plots drawn; plots skipped (--no-plots)"));
     cli_result_free(&r);
     char *html = slurp(out, "index.html");
@@ -303,11 +303,11 @@ START_TEST(test_report_diff)
     tr_test_write(b, "perplexity.json", PPL_B, strlen(PPL_B));
     cli_result r = cli_run("report", "diff", a, b, NULL);
     ck_assert_int_eq(r.status, 1);
-    ck_assert_msg(strstr(r.out, "REGRESSION conformance cpu gemm_trellis/cpu/O=1/0: PASS -> FAIL"), "%s", r.out);
+    ck_assert_msg(strstr(r.out, "REGRESSION conformance cpu gemm_trellis/cpu/O=1/0: PASS -> FAIL"), "%.3000s", r.out);
     ck_assert(strstr(r.out, "REGRESSION conformance cpu gemm_trellis/cpu/O=2/1: PASS -> PRECISION_WARNING"));
     ck_assert(!strstr(r.out, "moe_count/cpu/n=1/2:"));
     ck_assert(strstr(r.out, "perplexity tiny-8 llamacpp ctx=128"));
-    ck_assert_msg(strstr(r.out, "! PPL"), "%s", r.out);            /* 357 ± 109: beyond 2σ */
+    ck_assert_msg(strstr(r.out, "! PPL"), "%.3000s", r.out);            /* 357 ± 109: beyond 2σ */
     ck_assert(strstr(r.out, "2 status changes (2 regressions)"));
     cli_result_free(&r);
     /* commits through the history folder; B -> A is an improvement: exit 0 */
@@ -318,7 +318,7 @@ START_TEST(test_report_diff)
     ck_assert_int_eq(r.status, 0);
     cli_result_free(&r);
     r = cli_run("report", "diff", "bbbb2222", "aaaa1111", "--history", hist, NULL);
-    ck_assert_msg(r.status == 0, "%s%s", r.out, r.err);
+    ck_assert_msg(r.status == 0, "%.2000s%.2000s", r.out, r.err);
     ck_assert(strstr(r.out, "changed    conformance cpu gemm_trellis/cpu/O=1/0: FAIL -> PASS"));
     cli_result_free(&r);
     r = cli_run("report", "diff", "nosuchcommit", a, "--history", hist, NULL);
@@ -338,7 +338,7 @@ static void expect_bad(const char *name, const char *text, const char *msg)
     snprintf(path, sizeof path, "%s", p);
     cli_result r = cli_run("report", "--in", path, "--out", subdir("badout"), "--no-history", NULL);
     ck_assert_int_eq(r.status, 2);
-    ck_assert_msg(strstr(r.err, path) && strstr(r.err, msg), "%s", r.err);
+    ck_assert_msg(strstr(r.err, path) && strstr(r.err, msg), "%.3000s", r.err);
     cli_result_free(&r);
 }
 
