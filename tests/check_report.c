@@ -396,7 +396,7 @@ START_TEST(test_report_alloc_failures)
             break;
         fired++;
     }
-    ck_assert_uint_gt(fired, 100);
+    ck_assert_uint_gt(fired * step, 100);   /* allocation points spanned (every 97th under valgrind) */
     const char *a = subdir("afa"), *b = subdir("afb");
     tr_test_write(a, "conformance.json", CONFORM_A, strlen(CONFORM_A));
     tr_test_write(a, "bench.json", BENCH, strlen(BENCH));
@@ -413,7 +413,7 @@ START_TEST(test_report_alloc_failures)
             break;
         fired++;
     }
-    ck_assert_uint_gt(fired, 20);
+    ck_assert_uint_gt(fired * step, 20);
 }
 END_TEST
 
