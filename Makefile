@@ -245,8 +245,10 @@ asan: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    build-asan/run_tests
 
+# --fair-sched=yes: valgrind runs one thread at a time; without fair scheduling a worker spinning in an emulated
+# kernel can starve the thread whose watchdog must stop it (test_spin_timeout once returned after 323 s).
 VALGRIND := valgrind --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect,possible \
-            --errors-for-leak-kinds=definite,indirect,possible --track-origins=yes
+            --errors-for-leak-kinds=definite,indirect,possible --track-origins=yes --fair-sched=yes
 valgrind: deps all
 	$(VALGRIND) $(TRELLIS) golden verify golden
 	CK_FORK=no TR_UNDER_VALGRIND=1 $(VALGRIND) $(TESTBIN)
